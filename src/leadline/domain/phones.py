@@ -8,6 +8,8 @@ together, so one person never becomes two leads.
 
 from __future__ import annotations
 
+import re
+
 import phonenumbers
 
 
@@ -16,29 +18,32 @@ class InvalidPhoneNumber(ValueError):
 
 
 _PREFIXES = ("whatsapp:", "tel:")
+_SEPARATORS = re.compile(r"[\s().-]")
+_DIGITS = re.compile(r"[1-9][0-9]{6,14}")
 
 
 def to_e164(raw: str) -> str:
     """Parse a provider's spelling of a number into E.164 (``+5215512345678``).
 
-    Numbers arrive in international form from every provider, with or without ``+``; a number
-    without a country code cannot be placed and is rejected.
+    Numbers arrive in international form from every provider, with or without ``+``, sometimes with
+    spaces or dashes from a person. The country code must be a real one (phonenumbers knows them), but
+    the rest is not checked against numbering plans: WhatsApp ids keep forms the plans have dropped
+    (Mexico's ``+521…``), and such a customer must still reach us.
     """
     text = raw.strip()
     for prefix in _PREFIXES:
         if text.lower().startswith(prefix):
             text = text[len(prefix) :].strip()
-    if not text:
-        raise InvalidPhoneNumber("empty phone number")
-    if not text.startswith("+"):
-        text = "+" + text
+    digits = _SEPARATORS.sub("", text).removeprefix("+")
+    if not _DIGITS.fullmatch(digits):
+        raise InvalidPhoneNumber(f"not a phone number in international form: {raw!r}")
     try:
-        parsed = phonenumbers.parse(text, None)
+        parsed = phonenumbers.parse("+" + digits, None)
     except phonenumbers.NumberParseException as exc:
         raise InvalidPhoneNumber(f"not a phone number: {raw!r}") from exc
-    if not phonenumbers.is_possible_number(parsed):
-        raise InvalidPhoneNumber(f"not a possible phone number: {raw!r}")
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    if phonenumbers.region_code_for_country_code(parsed.country_code) == phonenumbers.UNKNOWN_REGION:
+        raise InvalidPhoneNumber(f"unknown country code in {raw!r}")
+    return "+" + digits
 
 
 def match_key(e164: str) -> str:

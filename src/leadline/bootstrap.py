@@ -1,0 +1,46 @@
+"""The composition root: the one place where configuration becomes running parts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from leadline.config import LeadlineConfig
+from leadline.pipeline.handlers import run_handler_job
+from leadline.pipeline.inbound import HANDLER_JOB
+from leadline.pipeline.ingest import Ingestor
+from leadline.pipeline.worker import JobHandler, Worker
+from leadline.providers.base import WebhookTranslator
+from leadline.providers.registry import get_plugin
+from leadline.store.db import Database
+
+
+@dataclass
+class Services:
+    config: LeadlineConfig
+    db: Database
+    ingestor: Ingestor
+    translators: dict[str, WebhookTranslator]
+    job_handlers: dict[str, JobHandler] = field(default_factory=dict)
+
+    def new_worker(self, worker_id: str | None = None) -> Worker:
+        return Worker(self.db, self.job_handlers, self.config.settings.worker, worker_id=worker_id)
+
+    async def close(self) -> None:
+        await self.ingestor.close()
+        await self.db.close()
+
+
+def build_services(config: LeadlineConfig) -> Services:
+    db = Database(config.settings.database_url)
+    translators: dict[str, WebhookTranslator] = {}
+    for provider in sorted({c.provider for c in config.channels}):
+        plugin = get_plugin(provider)
+        assert plugin is not None, "configuration validation admits only registered providers"
+        translators[provider] = plugin.make_translator(config.channels_of(provider))
+    return Services(
+        config=config,
+        db=db,
+        ingestor=Ingestor(db, config.settings.router),
+        translators=translators,
+        job_handlers={HANDLER_JOB: run_handler_job},
+    )

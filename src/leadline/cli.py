@@ -1,0 +1,248 @@
+"""The ``leadline`` command: run the service, look at leads and timelines, check the configuration."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from leadline.config import ConfigError, LeadlineConfig, config_path, hash_api_key, load_config
+from leadline.logging import configure_logging
+from leadline.store import jobs as job_store
+from leadline.store import queries
+from leadline.store.db import Database
+from leadline.store.tables import api_keys
+
+app = typer.Typer(help="leadline: the seam between your CRM and WhatsApp providers.", no_args_is_help=True)
+outbox_app = typer.Typer(help="The job table: failed (dead-letter) jobs and re-driving them.", no_args_is_help=True)
+api_key_app = typer.Typer(help="API keys for /v1.", no_args_is_help=True)
+app.add_typer(outbox_app, name="outbox")
+app.add_typer(api_key_app, name="api-key")
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML file (default: $LEADLINE_CONFIG or ./leadline.toml)")
+]
+T = TypeVar("T")
+
+
+def _load(path: Path | None) -> LeadlineConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err_console.print(f"[bold red]{path or config_path()}: the configuration has problems[/]")
+        for problem in exc.problems:
+            err_console.print(f"  [red]✗[/] {problem}")
+        raise typer.Exit(2) from None
+
+
+def _with_db(config: LeadlineConfig, work: Callable[[Database], Awaitable[T]]) -> T:
+    async def run() -> T:
+        db = Database(config.settings.database_url)
+        try:
+            await db.migrate()
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+@app.command("check-config")
+def check_config(config: ConfigOption = None) -> None:
+    """Validate the configuration and say exactly what is wrong."""
+    loaded = _load(config)
+    console.print(f"[green]✓[/] {config or config_path()} is valid")
+    for channel in loaded.channels:
+        console.print(f"  channel [bold]{channel.name}[/] ({channel.provider}) {channel.business_number}")
+    console.print(f"  database: {loaded.settings.database_url.split('@')[-1]}")
+    console.print(f"  router rules: {len(loaded.settings.router)}, API keys: {len(loaded.settings.api_keys)}")
+
+
+@app.command()
+def migrate(config: ConfigOption = None) -> None:
+    """Create or upgrade the database schema."""
+    loaded = _load(config)
+
+    async def noop(_db: Database) -> None:
+        return None
+
+    _with_db(loaded, noop)
+    console.print("[green]✓[/] database schema is up to date")
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
+    worker: Annotated[bool, typer.Option(help="Run a job worker in this process")] = True,
+) -> None:
+    """Run the HTTP service (webhooks, /v1) with an in-process worker."""
+    import uvicorn
+
+    from leadline.api.app import create_app
+
+    loaded = _load(config)
+    configure_logging(loaded.settings.log_level)
+    uvicorn.run(create_app(loaded, run_worker=worker), host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command("worker")
+def run_worker(config: ConfigOption = None) -> None:
+    """Run a job worker alone (any number can run, on any host, against one PostgreSQL database)."""
+    from leadline.bootstrap import build_services
+
+    loaded = _load(config)
+    configure_logging(loaded.settings.log_level)
+
+    async def run() -> None:
+        services = build_services(loaded)
+        await services.db.migrate()
+        stop = asyncio.Event()
+        try:
+            await services.new_worker().run_forever(stop)
+        finally:
+            await services.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+@app.command()
+def leads(
+    config: ConfigOption = None,
+    limit: Annotated[int, typer.Option(help="How many, most recent first")] = 50,
+    phone: Annotated[str | None, typer.Option(help="Only the lead with this number")] = None,
+) -> None:
+    """List leads."""
+    loaded = _load(config)
+
+    async def fetch(db: Database) -> list[dict[str, Any]]:
+        async with db.read() as conn:
+            if phone:
+                return await queries.find_leads_by_phone(conn, phone)
+            return await queries.list_leads(conn, limit=limit)
+
+    rows = _with_db(loaded, fetch)
+    table = Table("lead", "phone", "name", "owner", "tags", "last message", "channel")
+    for lead in rows:
+        table.add_row(
+            lead["id"],
+            lead["phone"],
+            lead["display_name"] or "",
+            lead["owner"] or "",
+            ", ".join(lead["tags"]),
+            _when(lead["last_inbound_at"]),
+            lead["last_inbound_channel"] or "",
+        )
+    console.print(table)
+
+
+@app.command()
+def timeline(
+    phone: Annotated[str, typer.Argument(help="The lead's phone number, any spelling")],
+    config: ConfigOption = None,
+    limit: Annotated[int, typer.Option(help="How many events, newest first")] = 50,
+) -> None:
+    """Show a lead's timeline."""
+    loaded = _load(config)
+
+    async def fetch(db: Database) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        async with db.read() as conn:
+            lead = await queries.lead_for_phone(conn, phone)
+            if lead is None:
+                return None, []
+            return lead, (await queries.timeline(conn, lead["id"], limit=limit)).events
+
+    lead, events = _with_db(loaded, fetch)
+    if lead is None:
+        err_console.print(f"[red]no lead for {phone}[/]")
+        raise typer.Exit(1)
+    console.print(f"[bold]{lead['display_name'] or lead['phone']}[/] {lead['phone']}  ({lead['id']})")
+    table = Table("when (UTC)", "channel", "what", "")
+    arrows = {"message_in": "←", "message_out": "→"}
+    for event in events:
+        table.add_row(
+            _when(event["occurred_at"]),
+            event["channel"] or "",
+            event["kind"],
+            arrows.get(event["kind"], "") + " " + (event["summary"] or ""),
+        )
+    console.print(table)
+
+
+@outbox_app.command("list")
+def outbox_list(
+    config: ConfigOption = None,
+    state: Annotated[job_store.JobState, typer.Option(help="Which jobs")] = job_store.JobState.DEAD,
+    limit: int = 50,
+) -> None:
+    """List jobs, by default the dead-letter ones."""
+    loaded = _load(config)
+
+    async def fetch(db: Database) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        async with db.read() as conn:
+            return await job_store.list_jobs(conn, state=state, limit=limit), await job_store.count_by_state(conn)
+
+    rows, counts = _with_db(loaded, fetch)
+    console.print("  ".join(f"{name}: {count}" for name, count in sorted(counts.items())) or "no jobs")
+    table = Table("id", "kind", "state", "attempts", "created", "last error")
+    for job in rows:
+        table.add_row(
+            str(job["id"]),
+            job["kind"],
+            job["state"],
+            str(job["attempts"]),
+            _when(job["created_at"]),
+            (job["last_error"] or "")[:80],
+        )
+    console.print(table)
+
+
+@outbox_app.command("retry")
+def outbox_retry(
+    job_ids: Annotated[list[int] | None, typer.Argument(help="Dead jobs to re-drive (default: all)")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Put dead-letter jobs back in the queue."""
+    loaded = _load(config)
+
+    async def redrive(db: Database) -> int:
+        async with db.transaction() as conn:
+            return await job_store.redrive(conn, job_ids or None, now=datetime.now(UTC))
+
+    console.print(f"[green]✓[/] re-queued {_with_db(loaded, redrive)} job(s)")
+
+
+@api_key_app.command("create")
+def api_key_create(name: str, config: ConfigOption = None) -> None:
+    """Create an API key; it is shown once, and only its SHA-256 is stored."""
+    loaded = _load(config)
+    key = "ll_" + secrets.token_urlsafe(32)
+
+    async def store(db: Database) -> None:
+        async with db.transaction() as conn:
+            await conn.execute(
+                api_keys.insert().values(name=name, key_sha256=hash_api_key(key), created_at=datetime.now(UTC))
+            )
+
+    _with_db(loaded, store)
+    console.print(f"API key for [bold]{name}[/] (shown once, keep it safe):\n{key}")
+
+
+def main() -> None:
+    app()

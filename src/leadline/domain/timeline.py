@@ -1,0 +1,70 @@
+"""What a lead's timeline says about a message: a short human summary and a provider-neutral record."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from datetime import datetime
+from typing import Any
+
+from leadline.domain.messages import MEDIA_KINDS, InboundMessage, MessageKind
+
+
+class TimelineKind(enum.StrEnum):
+    MESSAGE_IN = "message_in"
+    MESSAGE_OUT = "message_out"
+    STATUS = "status"
+    NOTE = "note"
+    TAG = "tag"
+    OWNER = "owner"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def message_content(message: InboundMessage) -> dict[str, Any]:
+    """The normalised message as JSON, without the provider's raw payload (kept separately)."""
+    content = {field.name: getattr(message, field.name) for field in dataclasses.fields(message) if field.name != "raw"}
+    for name, value in list(content.items()):
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            content[name] = dataclasses.asdict(value)
+        elif isinstance(value, tuple):
+            content[name] = [
+                dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v for v in value
+            ]
+    result: dict[str, Any] = _jsonable(content)
+    return result
+
+
+def summarize(message: InboundMessage) -> str:
+    """One line for a person reading the timeline."""
+    kind = message.kind
+    if kind is MessageKind.TEXT:
+        return message.text or ""
+    if kind in MEDIA_KINDS:
+        label = f"[{kind.value}]"
+        media = message.media[0] if message.media else None
+        detail = message.text or (media.filename if media else None)
+        return f"{label} {detail}" if detail else label
+    if kind is MessageKind.LOCATION and message.location:
+        place = message.location.name or message.location.address
+        coords = f"{message.location.latitude:.5f},{message.location.longitude:.5f}"
+        return f"[location] {place} ({coords})" if place else f"[location] {coords}"
+    if kind in (MessageKind.BUTTON_REPLY, MessageKind.LIST_REPLY, MessageKind.TEMPLATE_BUTTON) and message.reply_choice:
+        return f"[{kind.value}] {message.reply_choice.title or message.reply_choice.id}"
+    if kind is MessageKind.REACTION and message.reaction:
+        return f"[reaction] {message.reaction.emoji}" if message.reaction.emoji else "[reaction removed]"
+    if kind is MessageKind.CONTACTS:
+        return f"[contacts] {len(message.contacts) or len(message.media)} shared"
+    if kind is MessageKind.UNSUPPORTED:
+        return f"[unsupported: {message.original_kind or 'unknown'}]"
+    return f"[{kind.value}] {message.text or ''}".rstrip()

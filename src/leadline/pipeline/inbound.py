@@ -1,0 +1,416 @@
+"""``handle_inbound``: record what a webhook brought, exactly once, in the caller's transaction.
+
+For each message: upsert the lead from the contact's number, record the message on the lead's timeline,
+open the customer-service window, and dispatch it through the router (as durable jobs). For each status:
+keep the report, and move the message's status forward if it is known (a report for a message not yet
+known is kept and applied when the message appears). Every "exactly once" here is a unique constraint in
+the database, so it also holds when several processes receive the same webhook at the same moment.
+
+The work is batched (a handful of statements per batch, not per event) because the webhook endpoint
+commits many concurrent requests in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from leadline.config import RouterRule
+from leadline.domain.ids import new_id
+from leadline.domain.messages import DeliveryStatus, InboundEvent, InboundMessage, ProviderNotice, StatusUpdate
+from leadline.domain.phones import InvalidPhoneNumber, match_key, to_e164
+from leadline.domain.timeline import TimelineKind, message_content, summarize
+from leadline.pipeline.router import select_handlers
+from leadline.store import jobs as job_store
+from leadline.store.db import insert_ignoring_duplicates
+from leadline.store.tables import (
+    conversation_windows,
+    lead_identities,
+    leads,
+    message_statuses,
+    messages,
+    provider_notices,
+    timeline_events,
+)
+
+HANDLER_JOB = "run_handler"
+
+
+@dataclass(slots=True)
+class InboundOutcome:
+    new_messages: int = 0
+    duplicate_messages: int = 0
+    new_leads: int = 0
+    statuses_recorded: int = 0
+    statuses_applied: int = 0
+    notices_recorded: int = 0
+    lead_ids: dict[str, str] = field(default_factory=dict)
+    """Lead id per provider message id of every message in the batch (new or duplicate)."""
+
+
+def identities_of(message: InboundMessage) -> list[tuple[str, str]]:
+    """The keys one person is recognised by: their number's match key, and any provider user id."""
+    keys = [("phone", match_key(message.sender))]
+    provider_id = message.sender_provider_id
+    if provider_id:
+        try:
+            as_phone = match_key(to_e164(provider_id))
+        except InvalidPhoneNumber:
+            keys.append(("user", f"{message.provider}:{provider_id}"))
+        else:
+            if ("phone", as_phone) not in keys:
+                keys.append(("phone", as_phone))
+    return keys
+
+
+async def handle_inbound(
+    conn: AsyncConnection,
+    events: Sequence[InboundEvent],
+    *,
+    rules: Sequence[RouterRule] = (),
+    now: datetime | None = None,
+) -> InboundOutcome:
+    now = now or datetime.now(UTC)
+    outcome = InboundOutcome()
+    inbound = _unique_messages([e for e in events if isinstance(e, InboundMessage)])
+    statuses = [e for e in events if isinstance(e, StatusUpdate)]
+    notices = [e for e in events if isinstance(e, ProviderNotice)]
+    if inbound:
+        await _record_messages(conn, inbound, rules, now, outcome)
+    if statuses:
+        await record_statuses(conn, statuses, now, outcome)
+    if notices:
+        outcome.notices_recorded = len(
+            await insert_ignoring_duplicates(
+                conn,
+                provider_notices,
+                [
+                    {
+                        "provider": n.provider,
+                        "channel": n.channel,
+                        "topic": n.topic,
+                        "account_id": n.account_id,
+                        "payload": n.payload,
+                        "occurred_at": n.timestamp,
+                        "received_at": now,
+                        "dedupe_key": n.dedupe_key,
+                    }
+                    for n in notices
+                ],
+                conflict_columns=["dedupe_key"],
+                returning="id",
+            )
+        )
+    return outcome
+
+
+def _unique_messages(items: list[InboundMessage]) -> list[InboundMessage]:
+    seen: dict[tuple[str, str], InboundMessage] = {}
+    for message in items:
+        seen.setdefault((message.provider, message.provider_message_id), message)
+    return list(seen.values())
+
+
+async def _lead_ids_by_identity(conn: AsyncConnection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        select(lead_identities.c.kind, lead_identities.c.value, lead_identities.c.lead_id).where(
+            lead_identities.c.value.in_({value for _, value in keys})
+        )
+    )
+    return {(kind, value): lead_id for kind, value, lead_id in rows if (kind, value) in keys}
+
+
+async def _upsert_leads(
+    conn: AsyncConnection, inbound: list[InboundMessage], now: datetime
+) -> tuple[dict[str, str], set[str]]:
+    """Lead id for each message's sender, creating leads for people never seen; and the ids created."""
+    identity_sets = {m.provider_message_id: identities_of(m) for m in inbound}
+    all_keys = {key for keys in identity_sets.values() for key in keys}
+    known = await _lead_ids_by_identity(conn, all_keys)
+
+    # One new lead per unknown person, even if they wrote several messages in this batch.
+    candidates: dict[tuple[str, str], dict[str, Any]] = {}
+    for message in inbound:
+        keys = identity_sets[message.provider_message_id]
+        if any(key in known for key in keys):
+            continue
+        primary = keys[0]
+        if primary not in candidates:
+            candidates[primary] = {
+                "id": new_id("lead"),
+                "phone": message.sender,
+                "display_name": message.profile_name,
+                "tags": [],
+                "created_at": now,
+            }
+    if candidates:
+        await conn.execute(leads.insert(), list(candidates.values()))
+        # Another process may have created the same person a moment ago: the identity's unique
+        # constraint decides who wins, and the loser's empty lead row is removed again.
+        await insert_ignoring_duplicates(
+            conn,
+            lead_identities,
+            [{"lead_id": row["id"], "kind": k, "value": v} for (k, v), row in candidates.items()],
+            conflict_columns=["kind", "value"],
+        )
+        known.update(await _lead_ids_by_identity(conn, set(candidates)))
+        losers = [row["id"] for key, row in candidates.items() if known[key] != row["id"]]
+        if losers:
+            await conn.execute(delete(leads).where(leads.c.id.in_(losers)))
+    created = {row["id"] for key, row in candidates.items() if known.get(key) == row["id"]}
+
+    lead_by_message: dict[str, str] = {}
+    missing_identities: list[dict[str, Any]] = []
+    for message in inbound:
+        keys = identity_sets[message.provider_message_id]
+        lead_id = next(known[key] for key in keys if key in known)
+        lead_by_message[message.provider_message_id] = lead_id
+        missing_identities.extend({"lead_id": lead_id, "kind": k, "value": v} for k, v in keys if (k, v) not in known)
+    await insert_ignoring_duplicates(conn, lead_identities, missing_identities, conflict_columns=["kind", "value"])
+    return lead_by_message, created
+
+
+async def _record_messages(
+    conn: AsyncConnection,
+    inbound: list[InboundMessage],
+    rules: Sequence[RouterRule],
+    now: datetime,
+    outcome: InboundOutcome,
+) -> None:
+    lead_by_message, created_leads = await _upsert_leads(conn, inbound, now)
+    outcome.lead_ids = dict(lead_by_message)
+    outcome.new_leads = len(created_leads)
+
+    rows = [
+        {
+            "id": new_id("msg"),
+            "lead_id": lead_by_message[m.provider_message_id],
+            "direction": "in",
+            "channel": m.channel,
+            "provider": m.provider,
+            "provider_message_id": m.provider_message_id,
+            "kind": m.kind.value,
+            "text": m.text,
+            "content": message_content(m),
+            "raw": m.raw,
+            "status": None,
+            "status_rank": 0,
+            "occurred_at": m.timestamp,
+            "created_at": now,
+        }
+        for m in inbound
+    ]
+    inserted = set(
+        await insert_ignoring_duplicates(
+            conn, messages, rows, conflict_columns=["provider", "provider_message_id"], returning="provider_message_id"
+        )
+    )
+    outcome.new_messages = len(inserted)
+    outcome.duplicate_messages = len(inbound) - len(inserted)
+    if not inserted:
+        return
+
+    fresh = [(m, row) for m, row in zip(inbound, rows, strict=True) if m.provider_message_id in inserted]
+    await insert_ignoring_duplicates(
+        conn,
+        timeline_events,
+        [
+            {
+                "lead_id": row["lead_id"],
+                "kind": TimelineKind.MESSAGE_IN.value,
+                "message_id": row["id"],
+                "channel": m.channel,
+                "summary": summarize(m),
+                "data": {"kind": m.kind.value, "provider": m.provider, "provider_message_id": m.provider_message_id},
+                "occurred_at": m.timestamp,
+                "dedupe_key": f"in:{m.provider}:{m.provider_message_id}",
+            }
+            for m, row in fresh
+        ],
+        conflict_columns=["dedupe_key"],
+    )
+    await _open_windows(conn, fresh)
+    await _update_lead_contact(conn, fresh)
+
+    handler_jobs = []
+    first_message_of_new_lead: set[str] = set()
+    for m, row in fresh:
+        lead_id = row["lead_id"]
+        is_new = lead_id in created_leads and lead_id not in first_message_of_new_lead
+        if is_new:
+            first_message_of_new_lead.add(lead_id)
+        for selected in select_handlers(rules, m, is_new):
+            handler_jobs.append(
+                job_store.new_job(
+                    HANDLER_JOB,
+                    {
+                        "message_id": row["id"],
+                        "lead_id": lead_id,
+                        "rule": selected.rule,
+                        "handler": selected.call.handler,
+                        "args": selected.call.args,
+                    },
+                    now=now,
+                    order_key=f"lead:{lead_id}",
+                    dedupe_key=f"handler:{row['id']}:{selected.rule}:{selected.position}",
+                )
+            )
+    await job_store.enqueue(conn, handler_jobs)
+
+
+async def _open_windows(conn: AsyncConnection, fresh: list[tuple[InboundMessage, dict[str, Any]]]) -> None:
+    """Each customer message (re)opens the 24-hour window on its channel; a late old message doesn't shrink it."""
+    latest: dict[tuple[str, str], datetime] = {}
+    for m, row in fresh:
+        key = (row["lead_id"], m.channel)
+        latest[key] = max(latest.get(key, m.timestamp), m.timestamp)
+    window_rows = [
+        {"lead_id": lead, "channel": channel, "last_inbound_at": at} for (lead, channel), at in latest.items()
+    ]
+    await insert_ignoring_duplicates(conn, conversation_windows, window_rows, conflict_columns=["lead_id", "channel"])
+    for row in window_rows:
+        await conn.execute(
+            update(conversation_windows)
+            .where(
+                conversation_windows.c.lead_id == row["lead_id"],
+                conversation_windows.c.channel == row["channel"],
+                conversation_windows.c.last_inbound_at < row["last_inbound_at"],
+            )
+            .values(last_inbound_at=row["last_inbound_at"])
+        )
+
+
+async def _update_lead_contact(conn: AsyncConnection, fresh: list[tuple[InboundMessage, dict[str, Any]]]) -> None:
+    latest: dict[str, InboundMessage] = {}
+    for m, row in fresh:
+        current = latest.get(row["lead_id"])
+        if current is None or m.timestamp >= current.timestamp:
+            latest[row["lead_id"]] = m
+    for lead_id, m in latest.items():
+        values: dict[str, Any] = {"last_inbound_at": m.timestamp, "last_inbound_channel": m.channel}
+        if m.profile_name:
+            values["display_name"] = m.profile_name
+        await conn.execute(
+            update(leads)
+            .where(
+                leads.c.id == lead_id,
+                or_(leads.c.last_inbound_at.is_(None), leads.c.last_inbound_at <= m.timestamp),
+            )
+            .values(**values)
+        )
+
+
+async def record_statuses(
+    conn: AsyncConnection, statuses: Sequence[StatusUpdate], now: datetime, outcome: InboundOutcome | None = None
+) -> None:
+    """Keep every status report once; move known messages' statuses forward, never back."""
+    outcome = outcome or InboundOutcome()
+    rows = [
+        {
+            "provider": s.provider,
+            "provider_message_id": s.provider_message_id,
+            "status": s.status.value,
+            "rank": s.status.rank,
+            "occurred_at": s.timestamp,
+            "error_code": s.error.code if s.error else None,
+            "error_title": s.error.title if s.error else None,
+            "error_detail": s.error.detail if s.error else None,
+            "raw": s.raw,
+            "received_at": now,
+        }
+        for s in statuses
+    ]
+    new_ids = await insert_ignoring_duplicates(
+        conn, message_statuses, rows, conflict_columns=["provider", "provider_message_id", "status"], returning="id"
+    )
+    outcome.statuses_recorded = len(new_ids)
+    keys = {(s.provider, s.provider_message_id) for s in statuses}
+    for provider, provider_message_id in keys:
+        if await apply_recorded_statuses(conn, provider, provider_message_id, now):
+            outcome.statuses_applied += 1
+
+
+async def apply_recorded_statuses(
+    conn: AsyncConnection, provider: str, provider_message_id: str, now: datetime
+) -> bool:
+    """Bring a message's status up to the highest report on record for it.
+
+    Called for every new report, and when an outbound message's provider id becomes known (the report
+    may have come first). The update only ever raises ``status_rank``, in one statement, so concurrent
+    reports cannot move a message backwards.
+    """
+    best = (
+        await conn.execute(
+            select(message_statuses)
+            .where(
+                message_statuses.c.provider == provider,
+                message_statuses.c.provider_message_id == provider_message_id,
+            )
+            .order_by(message_statuses.c.rank.desc())
+            .limit(1)
+        )
+    ).first()
+    if best is None:
+        return False
+    error_values: dict[str, Any] = {}
+    if best.error_code is not None:
+        error_values = {"error_code": best.error_code, "error_title": best.error_title or best.error_detail}
+    updated = (
+        await conn.execute(
+            update(messages)
+            .where(
+                messages.c.provider == provider,
+                messages.c.provider_message_id == provider_message_id,
+                messages.c.status_rank < best.rank,
+            )
+            .values(status=best.status, status_rank=best.rank, **error_values)
+            .returning(messages.c.id, messages.c.lead_id, messages.c.channel)
+        )
+    ).first()
+    if updated is None:
+        return False
+    status = DeliveryStatus(best.status)
+    summary = status.value if best.error_code is None else f"{status.value}: {best.error_code} {best.error_title or ''}"
+    await insert_ignoring_duplicates(
+        conn,
+        timeline_events,
+        [
+            {
+                "lead_id": updated.lead_id,
+                "kind": TimelineKind.STATUS.value,
+                "message_id": updated.id,
+                "channel": updated.channel,
+                "summary": summary.strip(),
+                "data": {
+                    "status": status.value,
+                    "error_code": best.error_code,
+                    "provider_message_id": provider_message_id,
+                },
+                "occurred_at": best.occurred_at,
+                "dedupe_key": f"status:{provider}:{provider_message_id}:{status.value}",
+            }
+        ],
+        conflict_columns=["dedupe_key"],
+    )
+    return True
+
+
+async def window_open_since(conn: AsyncConnection, lead_id: str, channel: str) -> datetime | None:
+    """When the customer last wrote on ``channel`` (the start of the current window), if ever."""
+    row = await conn.execute(
+        select(conversation_windows.c.last_inbound_at).where(
+            and_(conversation_windows.c.lead_id == lead_id, conversation_windows.c.channel == channel)
+        )
+    )
+    return row.scalar_one_or_none()
+
+
+async def count_leads(conn: AsyncConnection) -> int:
+    return int((await conn.execute(select(func.count()).select_from(leads))).scalar_one())
