@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 from leadline.config import LeadlineConfig
 from leadline.pipeline.handlers import run_handler_job
-from leadline.pipeline.inbound import HANDLER_JOB
+from leadline.pipeline.inbound import HANDLER_JOB, NOTICE_JOB
 from leadline.pipeline.ingest import Ingestor
+from leadline.pipeline.notices import NoticeHandler, notice_job_handler
 from leadline.pipeline.worker import JobHandler, Worker
 from leadline.providers.base import WebhookTranslator
 from leadline.providers.registry import get_plugin
@@ -21,6 +22,8 @@ class Services:
     ingestor: Ingestor
     translators: dict[str, WebhookTranslator]
     job_handlers: dict[str, JobHandler] = field(default_factory=dict)
+    notice_handlers: dict[str, NoticeHandler] = field(default_factory=dict)
+    """Per notice topic; filled in by the features that own a topic (templates own template updates)."""
 
     def new_worker(self, worker_id: str | None = None) -> Worker:
         return Worker(self.db, self.job_handlers, self.config.settings.worker, worker_id=worker_id)
@@ -37,10 +40,12 @@ def build_services(config: LeadlineConfig) -> Services:
         plugin = get_plugin(provider)
         assert plugin is not None, "configuration validation admits only registered providers"
         translators[provider] = plugin.make_translator(config.channels_of(provider))
-    return Services(
+    services = Services(
         config=config,
         db=db,
         ingestor=Ingestor(db, config.settings.router),
         translators=translators,
-        job_handlers={HANDLER_JOB: run_handler_job},
     )
+    services.job_handlers[HANDLER_JOB] = run_handler_job
+    services.job_handlers[NOTICE_JOB] = notice_job_handler(services.notice_handlers)
+    return services

@@ -39,6 +39,7 @@ from leadline.store.tables import (
 )
 
 HANDLER_JOB = "run_handler"
+NOTICE_JOB = "provider_notice"
 
 
 @dataclass(slots=True)
@@ -85,28 +86,49 @@ async def handle_inbound(
     if statuses:
         await record_statuses(conn, statuses, now, outcome)
     if notices:
-        outcome.notices_recorded = len(
-            await insert_ignoring_duplicates(
-                conn,
-                provider_notices,
-                [
-                    {
-                        "provider": n.provider,
-                        "channel": n.channel,
-                        "topic": n.topic,
-                        "account_id": n.account_id,
-                        "payload": n.payload,
-                        "occurred_at": n.timestamp,
-                        "received_at": now,
-                        "dedupe_key": n.dedupe_key,
-                    }
-                    for n in notices
-                ],
-                conflict_columns=["dedupe_key"],
-                returning="id",
-            )
-        )
+        await _record_notices(conn, notices, now, outcome)
     return outcome
+
+
+async def _record_notices(
+    conn: AsyncConnection, notices: list[ProviderNotice], now: datetime, outcome: InboundOutcome
+) -> None:
+    """Keep each notice once and hand it to its topic's handler through the job table."""
+    new_keys = set(
+        await insert_ignoring_duplicates(
+            conn,
+            provider_notices,
+            [
+                {
+                    "provider": n.provider,
+                    "channel": n.channel,
+                    "topic": n.topic,
+                    "account_id": n.account_id,
+                    "payload": n.payload,
+                    "occurred_at": n.timestamp,
+                    "received_at": now,
+                    "dedupe_key": n.dedupe_key,
+                }
+                for n in notices
+            ],
+            conflict_columns=["dedupe_key"],
+            returning="dedupe_key",
+        )
+    )
+    outcome.notices_recorded = len(new_keys)
+    await job_store.enqueue(
+        conn,
+        [
+            job_store.new_job(
+                NOTICE_JOB,
+                {"dedupe_key": n.dedupe_key, "topic": n.topic},
+                now=now,
+                dedupe_key=f"notice:{n.dedupe_key}",
+            )
+            for n in notices
+            if n.dedupe_key in new_keys
+        ],
+    )
 
 
 def _unique_messages(items: list[InboundMessage]) -> list[InboundMessage]:

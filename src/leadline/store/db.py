@@ -83,7 +83,7 @@ def _upgrade_to_head(connection: Connection) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, "heads")
 
 
 async def insert_ignoring_duplicates(
