@@ -60,7 +60,6 @@ async def post(
     body: bytes,
     content_type: str,
     headers: Mapping[str, str] | None = None,
-    auth: aiohttp.BasicAuth | None = None,
 ) -> HttpAnswer:
     """POST ``body`` and read the whole answer; transport failures raise a RETRY_LATER ProviderError.
 
@@ -71,7 +70,7 @@ async def post(
     if headers:
         all_headers.update(headers)
     try:
-        async with session.post(url, data=body, headers=all_headers, auth=auth) as response:
+        async with session.post(url, data=body, headers=all_headers) as response:
             payload = await response.read()
             return HttpAnswer(response.status, payload, parse_retry_after(response.headers.get("Retry-After")))
     except TimeoutError as exc:

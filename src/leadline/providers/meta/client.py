@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from leadline.config import ChannelConfig
 from leadline.domain.messages import MessageId
 from leadline.providers.base import ErrorClass, ProviderError, TemplateSend
 from leadline.providers.http import HttpAnswer, post
@@ -31,6 +32,13 @@ class MetaClient:
         self._channel = channel
         self._session = session
         self._url = f"{channel.graph_base_url}/{channel.phone_number_id}/messages"
+
+    @classmethod
+    def for_channel(cls, channel: ChannelConfig, session: aiohttp.ClientSession) -> MetaClient:
+        """The plugin's ``make_client``: a client for a channel the registry validated as Meta's."""
+        if not isinstance(channel, MetaChannelConfig):
+            raise TypeError(f"channel {channel.name!r} is not a Meta channel")
+        return cls(channel, session)
 
     @property
     def channel(self) -> MetaChannelConfig:

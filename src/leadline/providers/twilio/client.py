@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 
+from leadline.config import ChannelConfig
 from leadline.domain.messages import MessageId
 from leadline.providers.base import ErrorClass, ProviderError, TemplateSend
 from leadline.providers.http import post
@@ -42,7 +43,20 @@ class TwilioClient:
         self._session = session
         self._status_callback_url = status_callback_url
         self._url = f"{channel.messages_base_url}/2010-04-01/Accounts/{channel.account_sid}/Messages.json"
-        self._auth = aiohttp.BasicAuth(channel.account_sid, channel.auth_token.get_secret_value())
+        self._auth_header = aiohttp.encode_basic_auth(channel.account_sid, channel.auth_token.get_secret_value())
+
+    @classmethod
+    def for_channel(
+        cls, channel: ChannelConfig, session: aiohttp.ClientSession, status_callback_url: str | None = None
+    ) -> TwilioClient:
+        """The plugin's ``make_client``: a client for a channel the registry validated as Twilio's.
+
+        Without ``status_callback_url`` Twilio calls the sender's (or Messaging Service's) configured
+        status callback URL.
+        """
+        if not isinstance(channel, TwilioChannelConfig):
+            raise TypeError(f"channel {channel.name!r} is not a Twilio channel")
+        return cls(channel, session, status_callback_url)
 
     @property
     def channel(self) -> TwilioChannelConfig:
@@ -101,7 +115,7 @@ class TwilioClient:
             self._url,
             body=urlencode(fields).encode(),
             content_type="application/x-www-form-urlencoded",
-            auth=self._auth,
+            headers={"Authorization": self._auth_header},
         )
         if not answer.ok:
             raise twilio_error_from_response(answer.status, answer.body, retry_after=answer.retry_after)
