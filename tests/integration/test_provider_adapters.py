@@ -22,14 +22,18 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from leadline.providers.base import ErrorClass, ProviderError, TemplateSend
+from leadline.config import config_from_mapping
+from leadline.domain.messages import DeliveryStatus, InboundMessage, StatusUpdate
+from leadline.providers.base import ErrorClass, ProviderError, RawRequest, TemplateSend, WebhookTranslator
 from leadline.providers.http import new_client_session
 from leadline.providers.meta.client import MetaClient
 from leadline.providers.meta.config import MetaChannelConfig
 from leadline.providers.meta.signature import meta_signature
+from leadline.providers.meta.webhook import MetaWebhookTranslator
 from leadline.providers.twilio.client import TwilioClient
 from leadline.providers.twilio.config import TwilioChannelConfig
 from leadline.providers.twilio.signature import twilio_signature
+from leadline.providers.twilio.webhook import TwilioWebhookTranslator
 from leadline.sandbox.config import MetaSandboxChannel, SandboxConfig, TwilioSandboxChannel
 from leadline.sandbox.server import RunningSandbox, start_sandbox
 
@@ -176,13 +180,23 @@ def twilio_channel(sandbox: RunningSandbox, **changes: Any) -> TwilioChannelConf
 
 
 @pytest.fixture
-def meta(sandbox: RunningSandbox, session: aiohttp.ClientSession) -> MetaClient:
-    return MetaClient(meta_channel(sandbox), session)
+def meta_channel_config(sandbox: RunningSandbox) -> MetaChannelConfig:
+    return meta_channel(sandbox)
 
 
 @pytest.fixture
-def twilio(sandbox: RunningSandbox, session: aiohttp.ClientSession) -> TwilioClient:
-    return TwilioClient(twilio_channel(sandbox), session)
+def twilio_channel_config(sandbox: RunningSandbox) -> TwilioChannelConfig:
+    return twilio_channel(sandbox)
+
+
+@pytest.fixture
+def meta(meta_channel_config: MetaChannelConfig, session: aiohttp.ClientSession) -> MetaClient:
+    return MetaClient(meta_channel_config, session)
+
+
+@pytest.fixture
+def twilio(twilio_channel_config: TwilioChannelConfig, session: aiohttp.ClientSession) -> TwilioClient:
+    return TwilioClient(twilio_channel_config, session)
 
 
 @pytest.fixture
@@ -1046,3 +1060,103 @@ async def test_the_fake_twilio_api_needs_a_body_media_or_content(
         url, data={"To": CUSTOMER, "From": f"whatsapp:{BUSINESS}", "Body": "x"}, headers=auth
     ) as response:
         assert (await response.json())["code"] == 21211
+
+
+# --------------------------------------------------------------------------------------------
+# The sandbox's webhooks are what leadline's own translators accept
+
+
+def _raw(webhook: ReceivedWebhook) -> RawRequest:
+    query = f"?{webhook.query}" if webhook.query else ""
+    return RawRequest(
+        method="POST",
+        path=webhook.path,
+        query_string=webhook.query,
+        headers={name.lower(): value for name, value in webhook.headers.items()},
+        body=webhook.body,
+        public_url=f"{PUBLIC_URL}{webhook.path}{query}",
+    )
+
+
+async def test_sandbox_webhooks_translate_into_leadline_events(
+    meta: MetaClient,
+    twilio: TwilioClient,
+    sandbox: RunningSandbox,
+    session: aiohttp.ClientSession,
+    receiver: Receiver,
+    meta_channel_config: MetaChannelConfig,
+    twilio_channel_config: TwilioChannelConfig,
+) -> None:
+    meta_id = await meta.send_text(CUSTOMER, "hola")
+    twilio_id = await twilio.send_text(CUSTOMER, "hola")
+    await flush(session, sandbox)
+    for provider in ("meta", "twilio"):
+        await control(
+            session,
+            sandbox,
+            "POST",
+            "/inbound",
+            {"provider": provider, "from": CUSTOMER, "name": "Lucía", "text": "Hola"},
+        )
+
+    translators: dict[str, WebhookTranslator] = {
+        "/webhooks/meta": MetaWebhookTranslator.for_channels([meta_channel_config]),
+        "/webhooks/twilio": TwilioWebhookTranslator.for_channels([twilio_channel_config]),
+    }
+    events = [
+        event for webhook in receiver.received for event in translators[webhook.path].translate(_raw(webhook)).events
+    ]
+
+    statuses = [(e.provider, e.provider_message_id, e.status) for e in events if isinstance(e, StatusUpdate)]
+    assert statuses == [
+        ("meta", meta_id, DeliveryStatus.SENT),
+        ("meta", meta_id, DeliveryStatus.DELIVERED),
+        ("meta", meta_id, DeliveryStatus.READ),
+        ("twilio", twilio_id, DeliveryStatus.SENT),
+        ("twilio", twilio_id, DeliveryStatus.DELIVERED),
+        ("twilio", twilio_id, DeliveryStatus.READ),
+    ]
+    messages = [e for e in events if isinstance(e, InboundMessage)]
+    assert [(m.provider, m.sender, m.business_number, m.text, m.profile_name) for m in messages] == [
+        ("meta", CUSTOMER, BUSINESS, "Hola", "Lucía"),
+        ("twilio", CUSTOMER, BUSINESS, "Hola", "Lucía"),
+    ]
+
+
+def test_sandbox_config_impersonates_leadlines_own_channels() -> None:
+    config = config_from_mapping(
+        {
+            "public_url": PUBLIC_URL,
+            "channels": [
+                {
+                    "name": "meta-main",
+                    "provider": "meta",
+                    "business_number": BUSINESS,
+                    "phone_number_id": PHONE_NUMBER_ID,
+                    "app_secret": META_SECRET,
+                    "verify_token": "verify-me",
+                    "access_token": META_TOKEN,
+                },
+                {
+                    "name": "twilio-main",
+                    "provider": "twilio",
+                    "business_number": BUSINESS,
+                    "account_sid": TWILIO_SID,
+                    "auth_token": TWILIO_TOKEN,
+                    "messaging_service_sid": SERVICE_SID,
+                },
+            ],
+        }
+    )
+
+    sandbox_config = SandboxConfig.from_leadline(config, "http://127.0.0.1:8000", status_mode="manual")
+
+    assert sandbox_config.webhook_base_url == "http://127.0.0.1:8000"
+    assert sandbox_config.public_base_url == PUBLIC_URL
+    assert sandbox_config.status_mode == "manual"
+    assert sandbox_config.meta == (
+        MetaSandboxChannel("meta-main", PHONE_NUMBER_ID, BUSINESS, META_SECRET, META_TOKEN, "310000000000001"),
+    )
+    assert sandbox_config.twilio == (
+        TwilioSandboxChannel("twilio-main", TWILIO_SID, TWILIO_TOKEN, BUSINESS, SERVICE_SID),
+    )

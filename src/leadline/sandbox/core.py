@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
@@ -28,6 +29,9 @@ WEBHOOK_TIMEOUT_SECONDS = 15.0
 """Twilio's own limit for a webhook answer; Meta's is unpublished and assumed no longer."""
 
 _HANG_POLL_SECONDS = 0.05
+
+HISTORY_LIMIT = 10_000
+"""Recorded requests and deliveries kept; a sandbox left running for days forgets the oldest."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,11 +263,11 @@ class Sandbox:
         self.config = config
         self.status_mode: StatusMode = config.status_mode
         self.status_delay = config.status_delay
-        self.requests: list[RecordedRequest] = []
+        self.requests: deque[RecordedRequest] = deque(maxlen=HISTORY_LIMIT)
         self.faults: dict[Provider, Fault] = {}
         self.media: dict[str, StoredMedia] = {}
         self.pending: list[PendingStatus] = []
-        self.deliveries: list[Delivery] = []
+        self.deliveries: deque[Delivery] = deque(maxlen=HISTORY_LIMIT)
         self.fakes: dict[Provider, ProviderFake] = {}
         self._seq = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()

@@ -12,9 +12,10 @@ Control API (JSON), under ``/_sandbox``:
   leadline as a signed webhook; answers leadline's status and the provider message id.
 - ``POST /faults`` (``provider``, ``mode``: ``error``/``throttle``/``timeout``/``down``/``async_error``,
   ``code``, ``http_status``, ``count``, ``retry_after``, ``seconds``), ``GET /faults``,
-  ``DELETE /faults[?provider=]``.
-- ``GET /statuses`` (mode and pending callbacks), ``POST /statuses/mode`` (``mode``, ``delay``),
-  ``POST /statuses/flush[?message_id=]``: deliver the pending status callbacks now.
+  ``DELETE /faults[?provider=]``. Faults meet the send endpoints only, never media downloads.
+- ``GET /statuses`` (mode and pending callbacks), ``POST /statuses/mode`` (``mode``, ``delay``; callbacks
+  already pending stay so until flushed), ``POST /statuses/flush[?message_id=]``: deliver the pending
+  status callbacks now; answers ``delivered`` (leadline answered 2xx), ``attempted`` and each outcome.
 - ``GET /callbacks``, ``DELETE /callbacks``: the webhooks delivered to leadline and its answers.
 """
 
