@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from leadline.config import LeadlineConfig
+from leadline.pipeline.callbacks import CallbackJobs, sync_subscribers
 from leadline.pipeline.handlers import run_handler_job
 from leadline.pipeline.inbound import HANDLER_JOB, NOTICE_JOB
 from leadline.pipeline.ingest import Ingestor
 from leadline.pipeline.notices import NoticeHandler, notice_job_handler
+from leadline.pipeline.outbound import MARK_READ_JOB, SEND_JOB, ChannelClients, SendJobs
 from leadline.pipeline.worker import JobHandler, Worker
 from leadline.providers.base import WebhookTranslator
 from leadline.providers.registry import get_plugin
 from leadline.store.db import Database
+from leadline.store.timeline import CALLBACK_JOB
 
 
 @dataclass
@@ -25,11 +29,25 @@ class Services:
     notice_handlers: dict[str, NoticeHandler] = field(default_factory=dict)
     """Per notice topic; filled in by the features that own a topic (templates own template updates)."""
 
+    clients: ChannelClients | None = None
+    callbacks: CallbackJobs | None = None
+
+    async def start(self, *, migrate: bool = True) -> None:
+        """Bring the schema up to date and tell the database which CRM subscribers exist."""
+        if migrate:
+            await self.db.migrate()
+        async with self.db.transaction() as conn:
+            await sync_subscribers(conn, self.config, datetime.now(UTC))
+
     def new_worker(self, worker_id: str | None = None) -> Worker:
         return Worker(self.db, self.job_handlers, self.config.settings.worker, worker_id=worker_id)
 
     async def close(self) -> None:
         await self.ingestor.close()
+        if self.clients is not None:
+            await self.clients.close()
+        if self.callbacks is not None:
+            await self.callbacks.close()
         await self.db.close()
 
 
@@ -48,4 +66,10 @@ def build_services(config: LeadlineConfig) -> Services:
     )
     services.job_handlers[HANDLER_JOB] = run_handler_job
     services.job_handlers[NOTICE_JOB] = notice_job_handler(services.notice_handlers)
+    services.clients = ChannelClients(config)
+    send_jobs = SendJobs(config, db, services.clients)
+    services.job_handlers[SEND_JOB] = send_jobs.send
+    services.job_handlers[MARK_READ_JOB] = send_jobs.mark_read
+    services.callbacks = CallbackJobs(config, db)
+    services.job_handlers[CALLBACK_JOB] = services.callbacks.deliver
     return services

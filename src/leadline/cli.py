@@ -111,7 +111,7 @@ def run_worker(config: ConfigOption = None) -> None:
 
     async def run() -> None:
         services = build_services(loaded)
-        await services.db.migrate()
+        await services.start()
         stop = asyncio.Event()
         try:
             await services.new_worker().run_forever(stop)

@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from leadline.domain.phones import InvalidPhoneNumber, to_e164
@@ -44,6 +44,14 @@ class ChannelConfig(BaseModel):
     """The business's WhatsApp number in E.164."""
     api_base_url: str | None = None
     """Where the provider's API is; point it at the sandbox or a local server for tests."""
+    rate_limit_per_second: float = Field(default=80.0, ge=0)
+    """Sends per second handed to the provider (Meta's default per number is 80); 0 turns the limit off.
+    Each worker process applies it on its own: with N workers, give each 1/N of the provider's limit."""
+
+    @property
+    def can_send(self) -> bool:
+        """Whether the channel has what it needs to send (a receive-only channel lacks credentials)."""
+        return True
 
     @field_validator("business_number")
     @classmethod
@@ -139,6 +147,35 @@ class WorkerConfig(BaseModel):
     """A claimed job whose worker died is claimed again after this long."""
 
 
+class SubscriberConfig(BaseModel):
+    """A CRM endpoint that receives every timeline event as a signed JSON POST."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    url: str
+    secret: SecretStr
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    all_events: bool = True
+    """Every timeline event; with false, only what router rules send with the ``forward_to_crm`` handler."""
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("a subscriber url must start with http:// or https://")
+        return value
+
+
+class MediaConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    storage_dir: str = "./var/media"
+    """Where inbound media fetched from providers is kept."""
+    max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    """Downloads stop at this size (WhatsApp's own limit for documents is 100 MB)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEADLINE_", env_nested_delimiter="__", extra="forbid")
 
@@ -152,6 +189,10 @@ class Settings(BaseSettings):
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)
     router: list[RouterRule] = Field(default_factory=list)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    default_channel: str | None = None
+    """Where a message to a lead with no conversation goes, when the request names no channel."""
+    subscribers: list[SubscriberConfig] = Field(default_factory=list)
+    media: MediaConfig = Field(default_factory=MediaConfig)
 
     @classmethod
     def settings_customise_sources(
@@ -244,6 +285,8 @@ def config_from_mapping(data: dict[str, Any]) -> LeadlineConfig:
         if channel.name in seen:
             problems.append(f"channels: the name {channel.name!r} is used twice")
         seen.add(channel.name)
+    if settings.default_channel is not None and settings.default_channel not in seen:
+        problems.append(f"default_channel: no channel named {settings.default_channel!r}")
     for rule_index, rule in enumerate(settings.router):
         for channel_name in rule.when.channel or []:
             if channel_name not in seen:

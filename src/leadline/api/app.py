@@ -30,8 +30,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         running = services or build_services(config)
-        if migrate:
-            await running.db.migrate()
+        await running.start(migrate=migrate)
         app.state.services = running
         stop = asyncio.Event()
         worker_task = None

@@ -113,13 +113,10 @@ async def webhook_events(provider: str, request: Request) -> Response:
     if translated.unknown_channels:
         log.warning("webhook_for_unknown_channel", provider=provider, addresses=sorted(translated.unknown_channels))
         if not translated.events:
-            exc = WebhookRejected(
-                404,
-                "unknown_channel",
-                f"no configured channel owns {', '.join(sorted(translated.unknown_channels))}",
+            WEBHOOK_REJECTIONS.labels(provider, "unknown", "unknown_channel").inc()
+            raise ApiError(
+                404, "unknown_channel", f"no configured channel owns {', '.join(sorted(translated.unknown_channels))}"
             )
-            WEBHOOK_REJECTIONS.labels(provider, "unknown", exc.code).inc()
-            raise ApiError(exc.status, exc.code, exc.message)
 
     await services.ingestor.submit(translated.events)
 

@@ -138,6 +138,8 @@ class InboundMessage:
 
 
 class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"
+    """In leadline's outbox, not yet handed to the provider."""
     ACCEPTED = "accepted"
     SENDING = "sending"
     SENT = "sent"
@@ -157,6 +159,7 @@ class DeliveryStatus(enum.StrEnum):
 
 
 _STATUS_RANK = {
+    DeliveryStatus.QUEUED: 0,
     DeliveryStatus.ACCEPTED: 10,
     DeliveryStatus.SENDING: 20,
     DeliveryStatus.SENT: 30,

@@ -41,7 +41,7 @@ def to_e164(raw: str) -> str:
         parsed = phonenumbers.parse("+" + digits, None)
     except phonenumbers.NumberParseException as exc:
         raise InvalidPhoneNumber(f"not a phone number: {raw!r}") from exc
-    if phonenumbers.region_code_for_country_code(parsed.country_code) == phonenumbers.UNKNOWN_REGION:
+    if phonenumbers.region_code_for_country_code(parsed.country_code or 0) == phonenumbers.UNKNOWN_REGION:
         raise InvalidPhoneNumber(f"unknown country code in {raw!r}")
     return "+" + digits
 

@@ -12,9 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from leadline.domain.timeline import TimelineKind
 from leadline.pipeline.router import UnknownHandler, resolve_handler
 from leadline.pipeline.worker import JobRun, PermanentFailure
-from leadline.store.db import insert_ignoring_duplicates
+from leadline.store import jobs as job_store
 from leadline.store.jobs import Job
-from leadline.store.tables import leads, messages, timeline_events
+from leadline.store.tables import leads, messages
+from leadline.store.timeline import callback_job, record_timeline
 
 
 class LeadActions:
@@ -27,9 +28,8 @@ class LeadActions:
         self.message = message
 
     async def _timeline(self, kind: TimelineKind, summary: str, data: dict[str, Any], key: str) -> None:
-        await insert_ignoring_duplicates(
+        await record_timeline(
             self._conn,
-            timeline_events,
             [
                 {
                     "lead_id": self.lead_id,
@@ -42,7 +42,7 @@ class LeadActions:
                     "dedupe_key": f"job:{self._job.id}:{kind.value}:{key}",
                 }
             ],
-            conflict_columns=["dedupe_key"],
+            now=datetime.now(UTC),
         )
 
     async def tag(self, tag: str) -> None:
@@ -55,6 +55,19 @@ class LeadActions:
     async def assign_owner(self, owner: str) -> None:
         await self._conn.execute(update(leads).where(leads.c.id == self.lead_id).values(owner=owner))
         await self._timeline(TimelineKind.OWNER, f"assigned to {owner}", {"owner": owner}, owner)
+
+    async def forward_to_crm(self, subscriber: str) -> None:
+        await job_store.enqueue(
+            self._conn,
+            [
+                callback_job(
+                    subscriber,
+                    self.lead_id,
+                    f"in:{self.message['provider']}:{self.message['provider_message_id']}",
+                    datetime.now(UTC),
+                )
+            ],
+        )
 
     async def add_note(self, text: str) -> None:
         await self._timeline(TimelineKind.NOTE, text, {"text": text}, hashlib.sha256(text.encode()).hexdigest()[:16])

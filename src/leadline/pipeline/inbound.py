@@ -17,26 +17,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadline.config import RouterRule
 from leadline.domain.ids import new_id
 from leadline.domain.messages import DeliveryStatus, InboundEvent, InboundMessage, ProviderNotice, StatusUpdate
-from leadline.domain.phones import InvalidPhoneNumber, match_key, to_e164
 from leadline.domain.timeline import TimelineKind, message_content, summarize
+from leadline.pipeline.leads import Contact, identities_of, upsert_contacts
 from leadline.pipeline.router import select_handlers
 from leadline.store import jobs as job_store
 from leadline.store.db import insert_ignoring_duplicates
 from leadline.store.tables import (
     conversation_windows,
-    lead_identities,
     leads,
     message_statuses,
     messages,
     provider_notices,
-    timeline_events,
 )
+from leadline.store.timeline import record_timeline
 
 HANDLER_JOB = "run_handler"
 NOTICE_JOB = "provider_notice"
@@ -54,21 +53,6 @@ class InboundOutcome:
     """Lead id per provider message id of every message in the batch (new or duplicate)."""
 
 
-def identities_of(message: InboundMessage) -> list[tuple[str, str]]:
-    """The keys one person is recognised by: their number's match key, and any provider user id."""
-    keys = [("phone", match_key(message.sender))]
-    provider_id = message.sender_provider_id
-    if provider_id:
-        try:
-            as_phone = match_key(to_e164(provider_id))
-        except InvalidPhoneNumber:
-            keys.append(("user", f"{message.provider}:{provider_id}"))
-        else:
-            if ("phone", as_phone) not in keys:
-                keys.append(("phone", as_phone))
-    return keys
-
-
 async def handle_inbound(
     conn: AsyncConnection,
     events: Sequence[InboundEvent],
@@ -78,7 +62,11 @@ async def handle_inbound(
 ) -> InboundOutcome:
     now = now or datetime.now(UTC)
     outcome = InboundOutcome()
-    inbound = _unique_messages([e for e in events if isinstance(e, InboundMessage)])
+    # Sorted, so that two processes storing overlapping batches take row locks in the same order.
+    inbound = sorted(
+        _unique_messages([e for e in events if isinstance(e, InboundMessage)]),
+        key=lambda m: (m.provider, m.provider_message_id),
+    )
     statuses = [e for e in events if isinstance(e, StatusUpdate)]
     notices = [e for e in events if isinstance(e, ProviderNotice)]
     if inbound:
@@ -138,67 +126,6 @@ def _unique_messages(items: list[InboundMessage]) -> list[InboundMessage]:
     return list(seen.values())
 
 
-async def _lead_ids_by_identity(conn: AsyncConnection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    if not keys:
-        return {}
-    rows = await conn.execute(
-        select(lead_identities.c.kind, lead_identities.c.value, lead_identities.c.lead_id).where(
-            lead_identities.c.value.in_({value for _, value in keys})
-        )
-    )
-    return {(kind, value): lead_id for kind, value, lead_id in rows if (kind, value) in keys}
-
-
-async def _upsert_leads(
-    conn: AsyncConnection, inbound: list[InboundMessage], now: datetime
-) -> tuple[dict[str, str], set[str]]:
-    """Lead id for each message's sender, creating leads for people never seen; and the ids created."""
-    identity_sets = {m.provider_message_id: identities_of(m) for m in inbound}
-    all_keys = {key for keys in identity_sets.values() for key in keys}
-    known = await _lead_ids_by_identity(conn, all_keys)
-
-    # One new lead per unknown person, even if they wrote several messages in this batch.
-    candidates: dict[tuple[str, str], dict[str, Any]] = {}
-    for message in inbound:
-        keys = identity_sets[message.provider_message_id]
-        if any(key in known for key in keys):
-            continue
-        primary = keys[0]
-        if primary not in candidates:
-            candidates[primary] = {
-                "id": new_id("lead"),
-                "phone": message.sender,
-                "display_name": message.profile_name,
-                "tags": [],
-                "created_at": now,
-            }
-    if candidates:
-        await conn.execute(leads.insert(), list(candidates.values()))
-        # Another process may have created the same person a moment ago: the identity's unique
-        # constraint decides who wins, and the loser's empty lead row is removed again.
-        await insert_ignoring_duplicates(
-            conn,
-            lead_identities,
-            [{"lead_id": row["id"], "kind": k, "value": v} for (k, v), row in candidates.items()],
-            conflict_columns=["kind", "value"],
-        )
-        known.update(await _lead_ids_by_identity(conn, set(candidates)))
-        losers = [row["id"] for key, row in candidates.items() if known[key] != row["id"]]
-        if losers:
-            await conn.execute(delete(leads).where(leads.c.id.in_(losers)))
-    created = {row["id"] for key, row in candidates.items() if known.get(key) == row["id"]}
-
-    lead_by_message: dict[str, str] = {}
-    missing_identities: list[dict[str, Any]] = []
-    for message in inbound:
-        keys = identity_sets[message.provider_message_id]
-        lead_id = next(known[key] for key in keys if key in known)
-        lead_by_message[message.provider_message_id] = lead_id
-        missing_identities.extend({"lead_id": lead_id, "kind": k, "value": v} for k, v in keys if (k, v) not in known)
-    await insert_ignoring_duplicates(conn, lead_identities, missing_identities, conflict_columns=["kind", "value"])
-    return lead_by_message, created
-
-
 async def _record_messages(
     conn: AsyncConnection,
     inbound: list[InboundMessage],
@@ -206,7 +133,19 @@ async def _record_messages(
     now: datetime,
     outcome: InboundOutcome,
 ) -> None:
-    lead_by_message, created_leads = await _upsert_leads(conn, inbound, now)
+    lead_by_message, created_leads = await upsert_contacts(
+        conn,
+        [
+            Contact(
+                m.provider_message_id,
+                identities_of(m.provider, m.sender, m.sender_provider_id),
+                m.sender,
+                m.profile_name,
+            )
+            for m in inbound
+        ],
+        now,
+    )
     outcome.lead_ids = dict(lead_by_message)
     outcome.new_leads = len(created_leads)
 
@@ -240,9 +179,8 @@ async def _record_messages(
         return
 
     fresh = [(m, row) for m, row in zip(inbound, rows, strict=True) if m.provider_message_id in inserted]
-    await insert_ignoring_duplicates(
+    await record_timeline(
         conn,
-        timeline_events,
         [
             {
                 "lead_id": row["lead_id"],
@@ -256,7 +194,7 @@ async def _record_messages(
             }
             for m, row in fresh
         ],
-        conflict_columns=["dedupe_key"],
+        now=now,
     )
     await _open_windows(conn, fresh)
     await _update_lead_contact(conn, fresh)
@@ -264,7 +202,7 @@ async def _record_messages(
     handler_jobs = []
     first_message_of_new_lead: set[str] = set()
     for m, row in fresh:
-        lead_id = row["lead_id"]
+        lead_id = str(row["lead_id"])
         is_new = lead_id in created_leads and lead_id not in first_message_of_new_lead
         if is_new:
             first_message_of_new_lead.add(lead_id)
@@ -400,9 +338,8 @@ async def apply_recorded_statuses(
         return False
     status = DeliveryStatus(best.status)
     summary = status.value if best.error_code is None else f"{status.value}: {best.error_code} {best.error_title or ''}"
-    await insert_ignoring_duplicates(
+    await record_timeline(
         conn,
-        timeline_events,
         [
             {
                 "lead_id": updated.lead_id,
@@ -419,7 +356,7 @@ async def apply_recorded_statuses(
                 "dedupe_key": f"status:{provider}:{provider_message_id}:{status.value}",
             }
         ],
-        conflict_columns=["dedupe_key"],
+        now=now,
     )
     return True
 

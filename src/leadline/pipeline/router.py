@@ -72,6 +72,8 @@ class HandlerContext(Protocol):
 
     async def add_note(self, text: str) -> None: ...
 
+    async def forward_to_crm(self, subscriber: str) -> None: ...
+
 
 Handler = Callable[..., Awaitable[None]]
 
@@ -88,7 +90,17 @@ async def add_note(ctx: HandlerContext, *, text: str) -> None:
     await ctx.add_note(text)
 
 
-BUILTIN_HANDLERS: dict[str, Handler] = {"tag": tag, "assign_owner": assign_owner, "add_note": add_note}
+async def forward_to_crm(ctx: HandlerContext, *, subscriber: str) -> None:
+    """Send this message to a CRM subscriber (one configured with ``all_events = false``)."""
+    await ctx.forward_to_crm(subscriber)
+
+
+BUILTIN_HANDLERS: dict[str, Handler] = {
+    "tag": tag,
+    "assign_owner": assign_owner,
+    "add_note": add_note,
+    "forward_to_crm": forward_to_crm,
+}
 
 
 class UnknownHandler(LookupError):

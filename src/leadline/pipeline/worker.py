@@ -45,6 +45,9 @@ class JobRun:
         self._clock = clock
         self.finished = False
 
+    def now(self) -> datetime:
+        return self._clock()
+
     async def finish(self, conn: AsyncConnection) -> None:
         """Mark the job done in ``conn``'s transaction, so its effects and its completion commit together."""
         self.finished = await job_store.finish(conn, self.job, now=self._clock())

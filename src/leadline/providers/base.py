@@ -185,4 +185,6 @@ class ProviderPlugin:
     name: str
     channel_config: type[ChannelConfig]
     make_translator: Callable[[Sequence[ChannelConfig]], WebhookTranslator]
-    make_client: Callable[[ChannelConfig, aiohttp.ClientSession], MessagingProvider] | None = None
+    make_client: Callable[[ChannelConfig, aiohttp.ClientSession, str | None], MessagingProvider] | None = None
+    """Builds a sender for one channel: its config, its pooled session, and the URL leadline's webhooks are
+    reachable at (``public_url``), for providers that are told per message where to report statuses."""

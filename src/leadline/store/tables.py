@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -216,4 +217,49 @@ webhook_rejections = Table(
     Column("code", String(32), nullable=False),
     Column("reason", Text, nullable=False),
     Column("occurred_at", UTCDateTime, nullable=False),
+)
+
+# CRM subscribers named in the configuration (their URLs and secrets stay in the configuration): every new
+# timeline event becomes one callback job per subscriber, in the event's own transaction.
+crm_subscribers = Table(
+    "crm_subscribers",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("all_events", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# What the send path has seen of each channel: the circuit breaker of the routing policy reads it.
+channel_health = Table(
+    "channel_health",
+    metadata,
+    Column("channel", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+    Column("last_error_code", String(32)),
+    Column("last_error_message", Text),
+    Column("last_failure_at", UTCDateTime),
+    Column("last_success_at", UTCDateTime),
+    Column("opened_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Inbound media fetched from the provider and kept by leadline, served at /v1/media/{id}.
+media_files = Table(
+    "media_files",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("message_id", String(40), ForeignKey("messages.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("position", Integer, nullable=False),
+    Column("provider_ref", Text, nullable=False),
+    Column("mime_type", String(128)),
+    Column("filename", Text),
+    Column("size", BigInteger),
+    Column("sha256", String(64)),
+    Column("storage_key", Text),
+    Column("state", String(12), nullable=False),
+    Column("error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("stored_at", UTCDateTime),
+    UniqueConstraint("message_id", "position"),
 )

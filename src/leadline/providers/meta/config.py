@@ -24,5 +24,9 @@ class MetaChannelConfig(ChannelConfig):
     """System-user token for sending; without it the channel only receives."""
 
     @property
+    def can_send(self) -> bool:
+        return self.access_token is not None
+
+    @property
     def graph_base_url(self) -> str:
         return (self.api_base_url or GRAPH_API_BASE_URL).rstrip("/")

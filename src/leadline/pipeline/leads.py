@@ -1,0 +1,111 @@
+"""One lead per person: find or create leads from the identities a contact is known by."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from leadline.domain.ids import new_id
+from leadline.domain.phones import InvalidPhoneNumber, match_key, to_e164
+from leadline.store.db import insert_ignoring_duplicates
+from leadline.store.tables import lead_identities, leads
+
+Identity = tuple[str, str]
+
+
+def identities_of(provider: str, phone: str, provider_user_id: str | None = None) -> list[Identity]:
+    """The keys one person is recognised by: their number's match key, and any provider user id."""
+    keys: list[Identity] = [("phone", match_key(phone))]
+    if provider_user_id:
+        try:
+            as_phone = match_key(to_e164(provider_user_id))
+        except InvalidPhoneNumber:
+            keys.append(("user", f"{provider}:{provider_user_id}"))
+        else:
+            if ("phone", as_phone) not in keys:
+                keys.append(("phone", as_phone))
+    return keys
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    key: str
+    """The caller's name for this contact (a message id, a request number): results are keyed by it."""
+    identities: list[Identity]
+    phone: str
+    display_name: str | None = None
+
+
+async def _lead_ids_by_identity(conn: AsyncConnection, keys: set[Identity]) -> dict[Identity, str]:
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        select(lead_identities.c.kind, lead_identities.c.value, lead_identities.c.lead_id).where(
+            lead_identities.c.value.in_({value for _, value in keys})
+        )
+    )
+    return {(kind, value): lead_id for kind, value, lead_id in rows if (kind, value) in keys}
+
+
+async def upsert_contacts(
+    conn: AsyncConnection, contacts: Sequence[Contact], now: datetime
+) -> tuple[dict[str, str], set[str]]:
+    """The lead id of each contact, creating leads for people never seen; and the ids created.
+
+    Safe against other processes doing the same at the same moment: the identity's unique constraint
+    decides which new lead wins, and the loser's empty lead row is removed again.
+    """
+    all_keys = {key for contact in contacts for key in contact.identities}
+    known = await _lead_ids_by_identity(conn, all_keys)
+
+    # One new lead per unknown person, even if they appear several times in this batch.
+    candidates: dict[Identity, dict[str, Any]] = {}
+    for contact in contacts:
+        if any(key in known for key in contact.identities):
+            continue
+        primary = contact.identities[0]
+        if primary not in candidates:
+            candidates[primary] = {
+                "id": new_id("lead"),
+                "phone": contact.phone,
+                "display_name": contact.display_name,
+                "tags": [],
+                "created_at": now,
+            }
+    if candidates:
+        await conn.execute(leads.insert(), list(candidates.values()))
+        await insert_ignoring_duplicates(
+            conn,
+            lead_identities,
+            sorted(
+                ({"lead_id": row["id"], "kind": k, "value": v} for (k, v), row in candidates.items()),
+                key=lambda r: (r["kind"], r["value"]),
+            ),
+            conflict_columns=["kind", "value"],
+        )
+        known.update(await _lead_ids_by_identity(conn, set(candidates)))
+        losers = [row["id"] for key, row in candidates.items() if known[key] != row["id"]]
+        if losers:
+            await conn.execute(delete(leads).where(leads.c.id.in_(losers)))
+    created = {row["id"] for key, row in candidates.items() if known.get(key) == row["id"]}
+
+    lead_by_contact: dict[str, str] = {}
+    missing: dict[Identity, str] = {}
+    for contact in contacts:
+        lead_id = next(known[key] for key in contact.identities if key in known)
+        lead_by_contact[contact.key] = lead_id
+        for key in contact.identities:
+            if key not in known:
+                missing.setdefault(key, lead_id)
+    await insert_ignoring_duplicates(
+        conn,
+        lead_identities,
+        [{"lead_id": lead_id, "kind": k, "value": v} for (k, v), lead_id in sorted(missing.items())],
+        conflict_columns=["kind", "value"],
+    )
+    return lead_by_contact, created

@@ -1,0 +1,507 @@
+"""Outbound messages: accepted into the outbox in one transaction, sent by workers, ended in one state.
+
+``accept_outbound`` writes the message, its timeline entry and its send job together (the transactional
+outbox): once the API has answered 202, the message will be sent or end in a visible terminal state.
+``SendJobs`` runs in any number of worker processes; the job table keeps one lead's sends in order and
+hands each job to one worker at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import structlog
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from leadline.config import ChannelConfig, LeadlineConfig
+from leadline.domain.ids import new_id
+from leadline.domain.messages import DeliveryStatus
+from leadline.domain.phones import InvalidPhoneNumber, to_e164
+from leadline.domain.routing import NoRoute, decide_channel
+from leadline.domain.timeline import TimelineKind
+from leadline.domain.window import window_is_open
+from leadline.pipeline.inbound import apply_recorded_statuses
+from leadline.pipeline.leads import Contact, identities_of, upsert_contacts
+from leadline.pipeline.ratelimit import TokenBucket
+from leadline.pipeline.worker import JobRun, PermanentFailure, RetryLater
+from leadline.providers.base import ErrorClass, MessagingProvider, ProviderError, TemplateSend
+from leadline.providers.http import new_client_session
+from leadline.providers.registry import get_plugin
+from leadline.routing.health import record_channel_failure, record_channel_success
+from leadline.store import jobs as job_store
+from leadline.store.db import Database, insert_ignoring_duplicates
+from leadline.store.jobs import Job
+from leadline.store.tables import conversation_windows, messages
+from leadline.store.timeline import record_timeline
+
+log = structlog.get_logger(__name__)
+
+SEND_JOB = "send_message"
+MARK_READ_JOB = "mark_read"
+
+
+# --------------------------------------------------------------------------------------------
+# What the CRM asks for
+
+
+@dataclass(frozen=True, slots=True)
+class TextBody:
+    text: str
+    preview_url: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateBody:
+    name: str
+    language: str
+    variables: Mapping[str, str] | Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MediaBody:
+    kind: str
+    url: str
+    caption: str | None = None
+    filename: str | None = None
+
+
+OutboundBody = TextBody | TemplateBody | MediaBody
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundRequest:
+    to: str
+    body: OutboundBody
+    channel: str | None = None
+    reply_to: str | None = None
+    """leadline's id of the message being answered, or the provider's id of it."""
+    idempotency_key: str | None = None
+    fallback_template: TemplateBody | None = None
+    """Sent instead of a free-form body when the customer-service window is closed."""
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    message_id: str
+    lead_id: str
+    channel: str
+    status: str
+    created: bool
+    """False when an earlier request with the same idempotency key already created the message."""
+
+
+class OutboundRefused(Exception):
+    """The request cannot be accepted; nothing was stored."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+# --------------------------------------------------------------------------------------------
+# Accepting into the outbox
+
+
+async def _prepare_template(conn: AsyncConnection, channel: ChannelConfig, body: TemplateBody) -> dict[str, Any]:
+    from leadline.templates.service import TemplateError, prepare_template_send
+
+    try:
+        prepared = await prepare_template_send(
+            conn, channel=channel, name=body.name, language=body.language, variables=body.variables
+        )
+    except TemplateError as exc:
+        raise OutboundRefused(exc.status, exc.code, str(exc)) from None
+    return {
+        "type": "template",
+        "template": dataclasses.asdict(prepared.send),
+        "rendered_text": prepared.rendered_text,
+        "name": body.name,
+        "language": body.language,
+    }
+
+
+def _content_of(body: TextBody | MediaBody) -> dict[str, Any]:
+    if isinstance(body, TextBody):
+        return {"type": "text", "text": body.text, "preview_url": body.preview_url}
+    return {"type": "media", "kind": body.kind, "url": body.url, "caption": body.caption, "filename": body.filename}
+
+
+def _summary(content: Mapping[str, Any]) -> str:
+    if content["type"] == "text":
+        return str(content["text"])
+    if content["type"] == "template":
+        return f"[template {content['name']}] {content['rendered_text']}"
+    detail = content.get("caption") or content.get("filename") or content["url"]
+    return f"[{content['kind']}] {detail}"
+
+
+async def _existing_by_key(conn: AsyncConnection, key: str, fingerprint: str) -> Accepted | None:
+    row = (
+        await conn.execute(
+            select(messages.c.id, messages.c.lead_id, messages.c.channel, messages.c.status, messages.c.content).where(
+                messages.c.idempotency_key == key
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    if row.content.get("request_sha256") != fingerprint:
+        raise OutboundRefused(409, "idempotency_key_reused", "this idempotency key was used for a different message")
+    return Accepted(row.id, row.lead_id, row.channel, row.status, created=False)
+
+
+async def accept_outbound(
+    conn: AsyncConnection, config: LeadlineConfig, request: OutboundRequest, now: datetime
+) -> Accepted:
+    """Validate, route, check the window, and write message + timeline + send job in ``conn``'s transaction."""
+    try:
+        to = to_e164(request.to)
+    except InvalidPhoneNumber as exc:
+        raise OutboundRefused(422, "invalid_phone", str(exc)) from None
+    fingerprint = request.fingerprint()
+    if request.idempotency_key is not None:
+        existing = await _existing_by_key(conn, request.idempotency_key, fingerprint)
+        if existing is not None:
+            return existing
+
+    sendable = [c for c in config.channels if c.can_send]
+    lead_by_key, _ = await upsert_contacts(conn, [Contact("to", identities_of("", to), to)], now)
+    lead_id = lead_by_key["to"]
+    windows = {
+        channel: at
+        for channel, at in await conn.execute(
+            select(conversation_windows.c.channel, conversation_windows.c.last_inbound_at).where(
+                conversation_windows.c.lead_id == lead_id
+            )
+        )
+    }
+    try:
+        decision = decide_channel(
+            sendable=[c.name for c in sendable],
+            explicit=request.channel,
+            last_inbound_by_channel=windows,
+            default_channel=config.settings.default_channel,
+            now=now,
+        )
+    except NoRoute as exc:
+        raise OutboundRefused(422, exc.code, exc.message) from None
+    channel = config.channel(decision.channel)
+
+    body: OutboundBody = request.body
+    window_open = window_is_open(windows.get(channel.name), now)
+    if not isinstance(body, TemplateBody) and not window_open:
+        if request.fallback_template is None:
+            raise OutboundRefused(
+                422,
+                "needs_template",
+                f"the 24-hour customer-service window on {channel.name} is closed for {to}: send a template,"
+                " or name a fallback_template",
+            )
+        body = request.fallback_template
+    content = await _prepare_template(conn, channel, body) if isinstance(body, TemplateBody) else _content_of(body)
+    if request.fallback_template is not None and body is not request.fallback_template:
+        content["fallback"] = await _prepare_template(conn, channel, request.fallback_template)
+    content.update(
+        to=to,
+        reply_to=await _provider_reply_id(conn, request.reply_to, channel),
+        request_sha256=fingerprint,
+        routing={"channel": decision.channel, "reason": decision.reason},
+    )
+
+    message_id = new_id("msg")
+    row = {
+        "id": message_id,
+        "lead_id": lead_id,
+        "direction": "out",
+        "channel": channel.name,
+        "provider": channel.provider,
+        "provider_message_id": None,
+        "kind": content["kind"] if content["type"] == "media" else content["type"],
+        "text": content.get("text") or content.get("caption") or content.get("rendered_text"),
+        "content": content,
+        "raw": None,
+        "status": DeliveryStatus.QUEUED.value,
+        "status_rank": DeliveryStatus.QUEUED.rank,
+        "idempotency_key": request.idempotency_key,
+        "occurred_at": now,
+        "created_at": now,
+    }
+    if request.idempotency_key is not None:
+        inserted = await insert_ignoring_duplicates(
+            conn, messages, [row], conflict_columns=["idempotency_key"], returning="id"
+        )
+        if not inserted:  # a concurrent request with the same key won the race
+            existing = await _existing_by_key(conn, request.idempotency_key, fingerprint)
+            assert existing is not None
+            return existing
+    else:
+        await conn.execute(messages.insert().values(**row))
+
+    await record_timeline(
+        conn,
+        [
+            {
+                "lead_id": lead_id,
+                "kind": TimelineKind.MESSAGE_OUT.value,
+                "message_id": message_id,
+                "channel": channel.name,
+                "summary": _summary(content),
+                "data": {"type": content["type"], "routing": content["routing"]},
+                "occurred_at": now,
+                "dedupe_key": f"out:{message_id}",
+            }
+        ],
+        now=now,
+    )
+    await job_store.enqueue(
+        conn,
+        [
+            job_store.new_job(
+                SEND_JOB,
+                {"message_id": message_id},
+                now=now,
+                order_key=f"send:{lead_id}",
+                dedupe_key=f"send:{message_id}",
+            )
+        ],
+    )
+    return Accepted(message_id, lead_id, channel.name, DeliveryStatus.QUEUED.value, created=True)
+
+
+async def _provider_reply_id(conn: AsyncConnection, reply_to: str | None, channel: ChannelConfig) -> str | None:
+    if reply_to is None:
+        return None
+    row = (
+        await conn.execute(select(messages.c.provider_message_id, messages.c.provider).where(messages.c.id == reply_to))
+    ).first()
+    if row is None:
+        return reply_to  # the provider's own id
+    if row.provider != channel.provider or row.provider_message_id is None:
+        raise OutboundRefused(422, "reply_to_other_channel", "the message replied to is not on the chosen channel")
+    return str(row.provider_message_id)
+
+
+# --------------------------------------------------------------------------------------------
+# Terminal and forward states
+
+
+async def mark_accepted(
+    conn: AsyncConnection, message_id: str, provider: str, provider_message_id: str, now: datetime
+) -> None:
+    """The provider took the message: keep its id, then apply any status report that came first."""
+    result = await conn.execute(
+        update(messages)
+        .where(messages.c.id == message_id, messages.c.provider_message_id.is_(None))
+        .values(
+            provider_message_id=provider_message_id,
+            status=DeliveryStatus.ACCEPTED.value,
+            status_rank=DeliveryStatus.ACCEPTED.rank,
+        )
+        .returning(messages.c.lead_id, messages.c.channel)
+    )
+    row = result.first()
+    if row is None:
+        return
+    await record_timeline(
+        conn,
+        [
+            {
+                "lead_id": row.lead_id,
+                "kind": TimelineKind.STATUS.value,
+                "message_id": message_id,
+                "channel": row.channel,
+                "summary": DeliveryStatus.ACCEPTED.value,
+                "data": {"status": DeliveryStatus.ACCEPTED.value, "provider_message_id": provider_message_id},
+                "occurred_at": now,
+                "dedupe_key": f"status:{provider}:{provider_message_id}:accepted",
+            }
+        ],
+        now=now,
+    )
+    await apply_recorded_statuses(conn, provider, provider_message_id, now)
+
+
+async def mark_failed(conn: AsyncConnection, message_id: str, code: str, title: str, now: datetime) -> None:
+    """The message ends failed, with the reason on the timeline; never again sent by this job."""
+    result = await conn.execute(
+        update(messages)
+        .where(messages.c.id == message_id, messages.c.status_rank < DeliveryStatus.FAILED.rank)
+        .values(
+            status=DeliveryStatus.FAILED.value,
+            status_rank=DeliveryStatus.FAILED.rank,
+            error_code=code,
+            error_title=title[:500],
+        )
+        .returning(messages.c.lead_id, messages.c.channel)
+    )
+    row = result.first()
+    if row is None:
+        return
+    await record_timeline(
+        conn,
+        [
+            {
+                "lead_id": row.lead_id,
+                "kind": TimelineKind.STATUS.value,
+                "message_id": message_id,
+                "channel": row.channel,
+                "summary": f"failed: {code} {title}".strip(),
+                "data": {"status": DeliveryStatus.FAILED.value, "error_code": code},
+                "occurred_at": now,
+                "dedupe_key": f"status:local:{message_id}:failed:{code}",
+            }
+        ],
+        now=now,
+    )
+
+
+async def redrive_dead_sends(conn: AsyncConnection, job_ids: Sequence[int] | None, now: datetime) -> int:
+    """Re-queue dead jobs; a send that never reached the provider goes back to ``queued`` with them."""
+    dead = await job_store.list_jobs(conn, state=job_store.JobState.DEAD, limit=100_000)
+    chosen = [j for j in dead if job_ids is None or j["id"] in job_ids]
+    message_ids = [j["payload"]["message_id"] for j in chosen if j["kind"] == SEND_JOB]
+    if message_ids:
+        await conn.execute(
+            update(messages)
+            .where(messages.c.id.in_(message_ids), messages.c.provider_message_id.is_(None))
+            .values(status=DeliveryStatus.QUEUED.value, status_rank=DeliveryStatus.QUEUED.rank, error_code=None)
+        )
+    return await job_store.redrive(conn, [j["id"] for j in chosen], now=now)
+
+
+# --------------------------------------------------------------------------------------------
+# Sending
+
+
+class ChannelClients:
+    """One pooled HTTP session and provider client per channel, made on first use in the running loop."""
+
+    def __init__(self, config: LeadlineConfig):
+        self._config = config
+        self._clients: dict[str, MessagingProvider] = {}
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._limiters: dict[str, TokenBucket] = {}
+
+    def client(self, channel_name: str) -> MessagingProvider:
+        if channel_name not in self._clients:
+            channel = self._config.channel(channel_name)
+            plugin = get_plugin(channel.provider)
+            if plugin is None or plugin.make_client is None or not channel.can_send:
+                raise PermanentFailure(f"channel {channel_name} cannot send")
+            session = new_client_session()
+            self._sessions[channel_name] = session
+            self._clients[channel_name] = plugin.make_client(channel, session, self._config.settings.public_url)
+        return self._clients[channel_name]
+
+    def limiter(self, channel_name: str) -> TokenBucket:
+        if channel_name not in self._limiters:
+            self._limiters[channel_name] = TokenBucket(self._config.channel(channel_name).rate_limit_per_second)
+        return self._limiters[channel_name]
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+        self._clients.clear()
+
+
+def template_send_from(data: Mapping[str, Any]) -> TemplateSend:
+    return TemplateSend(**data)
+
+
+async def _send(client: MessagingProvider, content: Mapping[str, Any]) -> str:
+    to, reply_to = content["to"], content.get("reply_to")
+    if content["type"] == "text":
+        return await client.send_text(to, content["text"], preview_url=content["preview_url"], reply_to=reply_to)
+    if content["type"] == "template":
+        return await client.send_template(to, template_send_from(content["template"]), reply_to=reply_to)
+    return await client.send_media(
+        to, content["kind"], content["url"], caption=content["caption"], filename=content["filename"], reply_to=reply_to
+    )
+
+
+class SendJobs:
+    """The job handlers of the outbound path."""
+
+    def __init__(self, config: LeadlineConfig, db: Database, clients: ChannelClients):
+        self.config = config
+        self.db = db
+        self.clients = clients
+
+    async def send(self, job: Job, run: JobRun) -> None:
+        message_id = job.payload["message_id"]
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(messages).where(messages.c.id == message_id))).first()
+        if row is None or row.status != DeliveryStatus.QUEUED.value:
+            return  # already sent or ended: a retried or re-claimed job must not send twice
+        await self.clients.limiter(row.channel).acquire()
+        client = self.clients.client(row.channel)
+        try:
+            provider_message_id = await _send(client, row.content)
+        except ProviderError as error:
+            await self._failed(job, run, row, error)
+            return
+        now = run.now()
+        async with self.db.transaction() as conn:
+            await mark_accepted(conn, message_id, row.provider, provider_message_id, now)
+            await record_channel_success(conn, row.channel, now)
+            await run.finish(conn)
+
+    async def _failed(self, job: Job, run: JobRun, row: Any, error: ProviderError) -> None:
+        now = run.now()
+        log.warning(
+            "send_failed",
+            message_id=row.id,
+            channel=row.channel,
+            error_class=error.error_class.value,
+            code=error.code,
+            attempt=job.attempts,
+        )
+        retryable = error.error_class in (ErrorClass.RETRY_LATER, ErrorClass.CHANNEL_FAILURE)
+        will_retry = retryable and job.attempts < self.config.settings.worker.max_attempts
+        fallback = row.content.get("fallback")
+        use_fallback = error.error_class is ErrorClass.NEEDS_TEMPLATE and fallback is not None
+        async with self.db.transaction() as conn:
+            if error.error_class is ErrorClass.CHANNEL_FAILURE:
+                await record_channel_failure(conn, row.channel, error.code, error.message, now)
+            if use_fallback:
+                # The window closed after the message was accepted: the fallback template goes instead.
+                content = {key: value for key, value in row.content.items() if key != "fallback"} | fallback
+                await conn.execute(
+                    update(messages).where(messages.c.id == row.id).values(content=content, kind="template")
+                )
+            elif not will_retry:
+                await mark_failed(conn, row.id, error.code, error.message, now)
+                if not retryable:
+                    await run.finish(conn)
+        if use_fallback:
+            raise RetryLater("the window closed: sending the fallback template", delay=0)
+        if will_retry:
+            raise RetryLater(f"{error.code}: {error.message}", delay=error.retry_after)
+        if retryable:
+            raise PermanentFailure(f"gave up after {job.attempts} attempts: {error.code} {error.message}")
+
+    async def mark_read(self, job: Job, run: JobRun) -> None:
+        async with self.db.read() as conn:
+            row = (await conn.execute(select(messages).where(messages.c.id == job.payload["message_id"]))).first()
+        if row is None or row.provider_message_id is None:
+            return
+        try:
+            await self.clients.client(row.channel).mark_read(row.provider_message_id)
+        except ProviderError as error:
+            if error.error_class is ErrorClass.RETRY_LATER:
+                raise RetryLater(error.message, delay=error.retry_after) from error
+            raise PermanentFailure(f"{error.code}: {error.message}") from error
