@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -31,6 +32,8 @@ class Services:
 
     clients: ChannelClients | None = None
     callbacks: CallbackJobs | None = None
+    wake_worker: Callable[[], None] = lambda: None
+    """Tells this process's worker that there is work now (set when a worker runs in the process)."""
 
     async def start(self, *, migrate: bool = True) -> None:
         """Bring the schema up to date and tell the database which CRM subscribers exist."""

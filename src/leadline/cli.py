@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from leadline.config import ConfigError, LeadlineConfig, config_path, hash_api_key, load_config
+from leadline.config import ConfigError, LeadlineConfig, config_path, hash_api_key, load_config, read_config_file
 from leadline.logging import configure_logging
+from leadline.pipeline.outbound import redrive_dead_sends
 from leadline.store import jobs as job_store
 from leadline.store import queries
 from leadline.store.db import Database
@@ -90,15 +91,101 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on")] = 8000,
     worker: Annotated[bool, typer.Option(help="Run a job worker in this process")] = True,
+    sandbox_port: Annotated[int, typer.Option(help="Port of the built-in sandbox (sandbox mode only)")] = 8001,
 ) -> None:
-    """Run the HTTP service (webhooks, /v1) with an in-process worker."""
+    """Run the HTTP service (webhooks, /v1) with an in-process worker.
+
+    With no channels configured it starts in sandbox mode: a Meta and a Twilio channel served by the
+    built-in provider sandbox, so the whole loop works without credentials.
+    """
     import uvicorn
 
     from leadline.api.app import create_app
 
     loaded = _load(config)
     configure_logging(loaded.settings.log_level)
-    uvicorn.run(create_app(loaded, run_worker=worker), host=host, port=port, log_level="warning", access_log=False)
+    sandbox_url = f"http://{host}:{sandbox_port}"
+    if not loaded.channels:
+        from leadline.sandbox.dev import sandbox_mode_config
+
+        try:
+            loaded = sandbox_mode_config(
+                read_config_file(config), leadline_url=f"http://{host}:{port}", sandbox_url=sandbox_url
+            )
+        except ConfigError as exc:
+            for problem in exc.problems:
+                err_console.print(f"  [red]✗[/] {problem}")
+            raise typer.Exit(2) from None
+        _print_sandbox_welcome(loaded, host, port, sandbox_url)
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(loaded, run_worker=worker), host=host, port=port, log_level="warning", access_log=False
+        )
+    )
+
+    async def run() -> None:
+        sandbox = None
+        if any(c.api_base_url and c.api_base_url.startswith(sandbox_url) for c in loaded.channels):
+            from leadline.sandbox.config import SandboxConfig
+            from leadline.sandbox.server import start_sandbox
+
+            sandbox = await start_sandbox(
+                SandboxConfig.from_leadline(loaded, f"http://{host}:{port}"), host, sandbox_port
+            )
+        try:
+            await server.serve()
+        finally:
+            if sandbox is not None:
+                await sandbox.close()
+
+    asyncio.run(run())
+
+
+def _print_sandbox_welcome(config: LeadlineConfig, host: str, port: int, sandbox_url: str) -> None:
+    from leadline.sandbox.dev import SANDBOX_API_KEY
+
+    base = f"http://{host}:{port}"
+    console.print("[bold yellow]No channels configured: sandbox mode[/] (providers simulated at " + sandbox_url + ")")
+    console.print(f"  leadline  {base}   API key: [bold]{SANDBOX_API_KEY}[/]")
+    for channel in config.channels:
+        console.print(f"  channel   {channel.name} ({channel.provider}) {channel.business_number}")
+    console.print("Try it:")
+    console.print(
+        f"  curl -s -XPOST {sandbox_url}/_sandbox/inbound -H 'content-type: application/json' "
+        """-d '{"provider":"meta","from":"+5215512345678","name":"Lucía","text":"Hola, ¿tienen envío gratis?"}'"""
+    )
+    console.print("  leadline timeline +5215512345678")
+    console.print(
+        f"  curl -s -XPOST {base}/v1/messages -H 'authorization: Bearer {SANDBOX_API_KEY}' "
+        """-H 'content-type: application/json' -d '{"to":"+5215512345678","text":"¡Sí! Envío gratis hoy."}'"""
+    )
+
+
+@app.command()
+def sandbox(
+    config: ConfigOption = None,
+    leadline_url: Annotated[str, typer.Option(help="Where leadline's webhooks are")] = "http://127.0.0.1:8000",
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on")] = 8001,
+    status_mode: Annotated[str, typer.Option(help="auto: statuses follow each send; manual: on request")] = "auto",
+) -> None:
+    """Run the provider sandbox alone, impersonating the configured channels' providers."""
+    from leadline.sandbox.config import SandboxConfig
+    from leadline.sandbox.server import run_sandbox
+
+    loaded = _load(config)
+    configure_logging(loaded.settings.log_level)
+    if status_mode not in ("auto", "manual"):
+        raise typer.BadParameter("auto or manual", param_hint="--status-mode")
+    sandbox_config = SandboxConfig.from_leadline(
+        loaded, leadline_url, status_mode="auto" if status_mode == "auto" else "manual"
+    )
+    console.print(
+        f"sandbox on http://{host}:{port}: Meta at /meta/v25.0, Twilio at /twilio; webhooks to {leadline_url}"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_sandbox(sandbox_config, host, port))
 
 
 @app.command("worker")
@@ -223,7 +310,7 @@ def outbox_retry(
 
     async def redrive(db: Database) -> int:
         async with db.transaction() as conn:
-            return await job_store.redrive(conn, job_ids or None, now=datetime.now(UTC))
+            return await redrive_dead_sends(conn, job_ids or None, datetime.now(UTC))
 
     console.print(f"[green]✓[/] re-queued {_with_db(loaded, redrive)} job(s)")
 

@@ -300,15 +300,19 @@ def config_path() -> Path:
     return Path(os.environ.get("LEADLINE_CONFIG", DEFAULT_CONFIG_PATH))
 
 
-def load_config(path: Path | None = None) -> LeadlineConfig:
-    """Load the TOML file (a missing default file means an empty configuration) and the environment."""
+def read_config_file(path: Path | None = None) -> dict[str, Any]:
+    """The TOML file as a mapping; a missing default file is an empty configuration."""
     path = path or config_path()
-    data: dict[str, Any] = {}
     if path.exists():
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            return tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
-    elif "LEADLINE_CONFIG" in os.environ:
+    if "LEADLINE_CONFIG" in os.environ:
         raise ConfigError([f"{path}: file not found (named by LEADLINE_CONFIG)"])
-    return config_from_mapping(data)
+    return {}
+
+
+def load_config(path: Path | None = None) -> LeadlineConfig:
+    """Load the TOML file and the environment."""
+    return config_from_mapping(read_config_file(path))

@@ -23,6 +23,7 @@ def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) 
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     json = (not sys.stderr.isatty()) if json is None else json
     logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from leadline.api import v1, webhooks
+from leadline.api import messages, v1, webhooks
 from leadline.api.errors import install_error_handlers
 from leadline.bootstrap import Services, build_services
 from leadline.config import LeadlineConfig
@@ -37,6 +37,7 @@ def create_app(
         if with_worker:
             worker = running.new_worker()
             running.ingestor.on_commit = worker.wake
+            running.wake_worker = worker.wake
             worker_task = asyncio.create_task(worker.run_forever(stop), name="leadline-worker")
         try:
             yield
@@ -55,6 +56,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(webhooks.router)
     app.include_router(v1.router)
+    app.include_router(messages.router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSONResponse:

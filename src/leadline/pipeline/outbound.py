@@ -123,7 +123,7 @@ async def _prepare_template(conn: AsyncConnection, channel: ChannelConfig, body:
             conn, channel=channel, name=body.name, language=body.language, variables=body.variables
         )
     except TemplateError as exc:
-        raise OutboundRefused(exc.status, exc.code, str(exc)) from None
+        raise OutboundRefused(exc.http_status, exc.code, exc.message) from None
     return {
         "type": "template",
         "template": dataclasses.asdict(prepared.send),

@@ -5,10 +5,9 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadline.domain.phones import InvalidPhoneNumber, match_key, to_e164
@@ -69,36 +68,32 @@ class InvalidCursor(ValueError):
     pass
 
 
-def _encode_cursor(occurred_at: datetime, event_id: int) -> str:
-    raw = json.dumps([occurred_at.isoformat(), event_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def _encode_cursor(event_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([event_id]).encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, int]:
+def _decode_cursor(cursor: str) -> int:
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        occurred_at, event_id = json.loads(raw)
-        return datetime.fromisoformat(occurred_at), int(event_id)
+        (event_id,) = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return int(event_id)
     except (ValueError, TypeError) as exc:
         raise InvalidCursor("the cursor is not one this API gave out") from exc
 
 
 async def timeline(conn: AsyncConnection, lead_id: str, *, limit: int = 50, cursor: str | None = None) -> TimelinePage:
-    """A lead's timeline, newest first, by when things happened (ties: by when they were recorded)."""
+    """A lead's timeline, newest first in the order leadline recorded it.
+
+    Recording order, not the providers' timestamps: those have one-second resolution and come from two
+    clocks, and a status must never show above the message it is about.
+    """
     query = (
         select(timeline_events)
         .where(timeline_events.c.lead_id == lead_id)
-        .order_by(timeline_events.c.occurred_at.desc(), timeline_events.c.id.desc())
+        .order_by(timeline_events.c.id.desc())
         .limit(limit + 1)
     )
     if cursor is not None:
-        occurred_at, event_id = _decode_cursor(cursor)
-        query = query.where(
-            or_(
-                timeline_events.c.occurred_at < occurred_at,
-                and_(timeline_events.c.occurred_at == occurred_at, timeline_events.c.id < event_id),
-            )
-        )
+        query = query.where(timeline_events.c.id < _decode_cursor(cursor))
     rows = list(await conn.execute(query))
     page = rows[:limit]
     events = [
@@ -113,7 +108,7 @@ async def timeline(conn: AsyncConnection, lead_id: str, *, limit: int = 50, curs
         }
         for r in page
     ]
-    next_cursor = _encode_cursor(page[-1].occurred_at, page[-1].id) if len(rows) > limit else None
+    next_cursor = _encode_cursor(page[-1].id) if len(rows) > limit else None
     return TimelinePage(events, next_cursor)
 
 

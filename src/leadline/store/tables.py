@@ -152,7 +152,7 @@ timeline_events = Table(
     Column("occurred_at", UTCDateTime, nullable=False),
     Column("dedupe_key", String(200), nullable=False),
     UniqueConstraint("dedupe_key"),
-    Index("ix_timeline_events_lead_order", "lead_id", "occurred_at", "id"),
+    Index("ix_timeline_events_lead_order", "lead_id", "id"),
 )
 
 # Webhook items that are not messages or statuses (template status, account and quality updates),

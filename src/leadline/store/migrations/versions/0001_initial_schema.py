@@ -199,7 +199,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("dedupe_key", name=op.f("uq_timeline_events_dedupe_key")),
     )
     with op.batch_alter_table("timeline_events", schema=None) as batch_op:
-        batch_op.create_index("ix_timeline_events_lead_order", ["lead_id", "occurred_at", "id"], unique=False)
+        batch_op.create_index("ix_timeline_events_lead_order", ["lead_id", "id"], unique=False)
 
     op.create_table(
         "media_files",
