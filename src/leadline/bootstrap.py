@@ -18,6 +18,12 @@ from leadline.providers.base import WebhookTranslator
 from leadline.providers.registry import get_plugin
 from leadline.store.db import Database
 from leadline.store.timeline import CALLBACK_JOB
+from leadline.templates.sync import (
+    TEMPLATE_STATUS_TOPIC,
+    TEMPLATE_SYNC_JOB,
+    template_status_notice_handler,
+    template_sync_job_handler,
+)
 
 
 @dataclass
@@ -75,4 +81,6 @@ def build_services(config: LeadlineConfig) -> Services:
     services.job_handlers[MARK_READ_JOB] = send_jobs.mark_read
     services.callbacks = CallbackJobs(config, db)
     services.job_handlers[CALLBACK_JOB] = services.callbacks.deliver
+    services.notice_handlers[TEMPLATE_STATUS_TOPIC] = template_status_notice_handler(config)
+    services.job_handlers[TEMPLATE_SYNC_JOB] = template_sync_job_handler(config)
     return services

@@ -21,12 +21,14 @@ from leadline.store import jobs as job_store
 from leadline.store import queries
 from leadline.store.db import Database
 from leadline.store.tables import api_keys
+from leadline.templates.cli import templates_app
 
 app = typer.Typer(help="leadline: the seam between your CRM and WhatsApp providers.", no_args_is_help=True)
 outbox_app = typer.Typer(help="The job table: failed (dead-letter) jobs and re-driving them.", no_args_is_help=True)
 api_key_app = typer.Typer(help="API keys for /v1.", no_args_is_help=True)
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(api_key_app, name="api-key")
+app.add_typer(templates_app, name="templates")
 console = Console()
 err_console = Console(stderr=True)
 

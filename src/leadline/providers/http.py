@@ -82,6 +82,29 @@ async def post(
         ) from None
 
 
+async def get(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> HttpAnswer:
+    """GET ``url`` and read the whole answer; failures are reported as :func:`post` reports them."""
+    all_headers = {"Accept": "application/json"}
+    if headers:
+        all_headers.update(headers)
+    try:
+        async with session.get(url, params=params, headers=all_headers) as response:
+            payload = await response.read()
+            return HttpAnswer(response.status, payload, parse_retry_after(response.headers.get("Retry-After")))
+    except TimeoutError as exc:
+        raise ProviderError(ErrorClass.RETRY_LATER, "timeout", f"no answer in time ({type(exc).__name__})") from None
+    except aiohttp.ClientError as exc:
+        raise ProviderError(
+            ErrorClass.RETRY_LATER, "connection_error", f"could not reach the provider ({type(exc).__name__})"
+        ) from None
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None if absent or unreadable."""
     if not value:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 from leadline.sandbox.config import SandboxConfig
 from leadline.sandbox.core import FaultSpec, InboundSpec, Provider, Sandbox, StatusModeSpec
 from leadline.sandbox.meta import MetaFake
+from leadline.sandbox.templates import TemplatesFake
 from leadline.sandbox.twilio import TwilioFake
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ def build_sandbox_app(config: SandboxConfig) -> web.Application:
         sandbox.fakes[fake.name] = fake
         fake.add_routes(app)
     _Control(sandbox).add_routes(app)
+    TemplatesFake(sandbox).add_routes(app)
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await sandbox.start()

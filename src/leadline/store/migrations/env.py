@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+import leadline.store.template_tables  # noqa: F401  (registers its tables on metadata)
 from leadline.store.tables import metadata
 
 connection = context.config.attributes.get("connection")
