@@ -254,21 +254,38 @@ async def sync_all(db: Database, config: LeadlineConfig) -> tuple[list[SyncRepor
     return reports, failures
 
 
-async def schedule_periodic_sync(conn: AsyncConnection, *, now: datetime, interval: float) -> None:
-    """Make sure a sync job is due by the next ``interval`` boundary; callers in the same window share one."""
-    bucket = math.floor(now.timestamp() / interval) + 1
+async def schedule_periodic_sync(
+    conn: AsyncConnection, *, now: datetime, interval: float, after_bucket: int | None = None
+) -> None:
+    """Make sure a sync job is due by the next ``interval`` boundary; callers in the same window share one.
+
+    ``after_bucket`` is the window of the sync that is running, so the next one is strictly later even
+    when that sync ran late.
+    """
+    bucket = max(math.floor(now.timestamp() / interval), after_bucket if after_bucket is not None else -1) + 1
     run_after = datetime.fromtimestamp(bucket * interval, UTC)
     await job_store.enqueue(
         conn,
-        [job_store.new_job(TEMPLATE_SYNC_JOB, {}, now=now, run_after=run_after, dedupe_key=f"template_sync:{bucket}")],
+        [
+            job_store.new_job(
+                TEMPLATE_SYNC_JOB,
+                {"bucket": bucket},
+                now=now,
+                run_after=run_after,
+                dedupe_key=f"template_sync:{bucket}",
+            )
+        ],
     )
 
 
 def template_sync_job_handler(config: LeadlineConfig, *, interval: float = DEFAULT_SYNC_INTERVAL) -> JobHandler:
     async def run(job: Job, run: JobRun) -> None:
         _, failures = await sync_all(run.db, config)
+        bucket = job.payload.get("bucket")
         async with run.db.transaction() as conn:
-            await schedule_periodic_sync(conn, now=_utcnow(), interval=interval)
+            await schedule_periodic_sync(
+                conn, now=_utcnow(), interval=interval, after_bucket=bucket if isinstance(bucket, int) else None
+            )
             await run.finish(conn)
         if failures:
             log.warning("template_sync_incomplete", failures=failures)
