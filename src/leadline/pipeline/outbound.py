@@ -377,7 +377,12 @@ async def redrive_dead_sends(conn: AsyncConnection, job_ids: Sequence[int] | Non
         await conn.execute(
             update(messages)
             .where(messages.c.id.in_(message_ids), messages.c.provider_message_id.is_(None))
-            .values(status=DeliveryStatus.QUEUED.value, status_rank=DeliveryStatus.QUEUED.rank, error_code=None)
+            .values(
+                status=DeliveryStatus.QUEUED.value,
+                status_rank=DeliveryStatus.QUEUED.rank,
+                error_code=None,
+                error_title=None,
+            )
         )
     return await job_store.redrive(conn, [j["id"] for j in chosen], now=now)
 
