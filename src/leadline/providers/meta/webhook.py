@@ -43,6 +43,14 @@ from leadline.providers.meta.signature import signature_matches
 PROVIDER = "meta"
 SIGNATURE_HEADER = "x-hub-signature-256"
 
+# Upper bounds on what leadline keeps of an id (the columns of leadline.store.tables), far above Meta's
+# real ids (a wamid is ~60 characters). A longer one is not Meta's: its item is refused like any
+# other malformed item, instead of failing the database write of the whole batch.
+_MAX_ID = 128
+_MAX_USER_ID = 64
+_MAX_ERROR_CODE = 32
+_MAX_TOPIC = 64
+
 
 class MetaWebhookTranslator:
     """Verifies and translates webhooks for the configured Meta channels."""
@@ -125,7 +133,19 @@ def _parse_body(body: bytes) -> JsonObject:
         orjson.dumps(payload)
     except orjson.JSONEncodeError:
         raise WebhookRejected(400, "malformed_body", "the body is nested too deeply") from None
-    return payload
+    # JSON can carry NUL only as the escape \u0000; PostgreSQL text cannot hold it, and no WhatsApp
+    # text needs it, so it is dropped once here rather than failing the write of the whole batch.
+    return _without_nul(payload) if b"\\u0000" in body else payload
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    return value
 
 
 def _changes(payload: Any) -> Iterator[tuple[JsonObject, JsonObject]]:
@@ -211,6 +231,9 @@ class _Batch:
 
     def _add_notice(self, entry: JsonObject, topic: str, value: JsonObject) -> None:
         entry_id = _entry_id(entry)
+        if len(topic) > _MAX_TOPIC or (entry_id is not None and len(entry_id) > _MAX_TOPIC):
+            self._problem(None, "change field or entry id is too long", {"field": topic[:_MAX_TOPIC]})
+            return
         channel = self._notice_channel(entry_id, _phone_number_id(value))
         notice = ProviderNotice(
             provider=PROVIDER,
@@ -261,6 +284,8 @@ def _error_notice(channel: MetaChannelConfig, entry: JsonObject, phone_number_id
     """An error of ``value.errors``: about the number or the app, not about one message."""
     error = _object(error, "error")
     entry_id = _entry_id(entry)
+    if entry_id is not None:
+        _bounded(entry_id, _MAX_TOPIC, "entry id")
     # The number is part of the key: two numbers of one account can report the same error.
     content = {"entry": entry_id, "phone_number_id": phone_number_id, "value": error}
     return ProviderNotice(
@@ -303,6 +328,12 @@ def _required_text(data: JsonObject, key: str) -> str:
     return value
 
 
+def _bounded(value: str, limit: int, what: str) -> str:
+    if len(value) > limit:
+        raise _BadItem(f"{what} is longer than {limit} characters")
+    return value
+
+
 def _unix_time(value: Any) -> datetime:
     """Meta's timestamps: unix seconds, as a string in messages and statuses, a number in ``entry.time``."""
     if isinstance(value, str) and value.isascii() and value.isdigit():
@@ -334,7 +365,7 @@ def _error_detail(error: Any) -> ProviderErrorDetail:
         raise _BadItem("error code is not a number or string")
     error_data = _optional_object(error, "error_data") or {}
     return ProviderErrorDetail(
-        code=str(code),
+        code=_bounded(str(code), _MAX_ERROR_CODE, "error code"),
         title=_text(error, "title") or _text(error, "message"),
         detail=_text(error_data, "details"),
     )
@@ -386,7 +417,7 @@ class _Content:
 
 def _message(channel: MetaChannelConfig, message: Any, contacts: _Contacts) -> InboundMessage:
     message = _object(message, "message")
-    message_id = _required_text(message, "id")
+    message_id = _bounded(_required_text(message, "id"), _MAX_ID, "id")
     wa_id = _required_text(message, "from")
     user_id = _text(message, "from_user_id")
     message_type = _required_text(message, "type")
@@ -422,12 +453,14 @@ def _message(channel: MetaChannelConfig, message: Any, contacts: _Contacts) -> I
 
 def _sender_provider_id(contact: JsonObject, wa_id: str, user_id: str | None) -> str:
     contact_wa_id = contact.get("wa_id")
-    if isinstance(contact_wa_id, str):
-        return contact_wa_id
     contact_user_id = contact.get("user_id")
-    if isinstance(contact_user_id, str):
-        return contact_user_id
-    return user_id or wa_id
+    if isinstance(contact_wa_id, str):
+        found = contact_wa_id
+    elif isinstance(contact_user_id, str):
+        found = contact_user_id
+    else:
+        found = user_id or wa_id
+    return _bounded(found, _MAX_USER_ID, "user id")
 
 
 def _text_message(message: JsonObject, message_type: str) -> _Content:
@@ -571,7 +604,7 @@ _STATUSES = {
 
 def _status(channel: MetaChannelConfig, status: Any) -> StatusUpdate:
     status = _object(status, "status")
-    message_id = _required_text(status, "id")
+    message_id = _bounded(_required_text(status, "id"), _MAX_ID, "id")
     name = _required_text(status, "status")
     if name not in _STATUSES:
         raise _BadItem(f"unknown status {name!r}")

@@ -56,6 +56,11 @@ _MAX_FORM_FIELDS = 1000
 # checked: phonenumbers' plausibility rules reject real WhatsApp ids (Mexico's legacy ``+521...``
 # mobiles) and turn letters into digits (a masked ``+52155123XXXXX`` would become a wrong number).
 _ADDRESS = re.compile(r"(?:whatsapp:)?(\+[1-9][0-9]{6,14})", re.IGNORECASE)
+# Upper bounds on what leadline keeps of an id (the columns of leadline.store.tables), far above Twilio's
+# real values (a SID is 34 characters, an error code 5 digits): a longer one is not Twilio's.
+_MAX_SID = 128
+_MAX_WA_ID = 64
+_MAX_ERROR_CODE = 32
 # Twilio allows up to 10 media per message; three digits is already far beyond that.
 _NUM_MEDIA = re.compile(r"[0-9]{1,3}")
 
@@ -137,9 +142,15 @@ class TwilioWebhookTranslator:
             return TranslatedWebhook(unknown_channels={address}, reply=_twiml_reply())
 
         _verify_signature(request, channel, form)
+        # The signature covers the values as sent; what is kept has no NUL (%00), which PostgreSQL
+        # text cannot hold and no WhatsApp message needs.
+        form = form.without_nul()
 
-        if not form.first("MessageSid"):
+        message_sid = form.first("MessageSid")
+        if not message_sid:
             raise WebhookRejected(400, "malformed_body", "the form has no MessageSid", channel=channel.name)
+        if len(message_sid) > _MAX_SID:
+            raise WebhookRejected(400, "malformed_body", "the MessageSid is not a message SID", channel=channel.name)
 
         result = TranslatedWebhook(reply=_twiml_reply())
         now = self._clock()
@@ -181,6 +192,9 @@ class _Form:
     def text(self, name: str) -> str | None:
         """The value, or None when absent or empty (Twilio sends ``Body=`` for location messages)."""
         return self.first(name) or None
+
+    def without_nul(self) -> _Form:
+        return _Form(tuple((key.replace("\x00", ""), value.replace("\x00", "")) for key, value in self.pairs))
 
     def as_raw(self) -> JsonObject:
         raw: dict[str, Any] = {}
@@ -261,7 +275,7 @@ def _inbound_message(channel: TwilioChannelConfig, form: _Form, now: datetime) -
         channel=channel.name,
         provider_message_id=MessageId(form.first("MessageSid") or ""),
         sender=sender,
-        sender_provider_id=form.text("WaId"),
+        sender_provider_id=_wa_id(form),
         business_number=channel.business_number,
         profile_name=form.text("ProfileName"),
         kind=kind,
@@ -276,6 +290,13 @@ def _inbound_message(channel: TwilioChannelConfig, form: _Form, now: datetime) -
         referral=_referral(form),
         raw=form.as_raw(),
     )
+
+
+def _wa_id(form: _Form) -> str | None:
+    wa_id = form.text("WaId")
+    if wa_id is not None and len(wa_id) > _MAX_WA_ID:
+        raise _BadItem(f"WaId is longer than {_MAX_WA_ID} characters")
+    return wa_id
 
 
 def _kind(form: _Form, media: tuple[MediaRef, ...]) -> tuple[MessageKind, str | None]:
@@ -406,6 +427,8 @@ def _error(form: _Form) -> ProviderErrorDetail | None:
     # 0 is no Twilio error code; read it as "no error" rather than invent a failure.
     if code is None or code.strip() == "0":
         return None
+    if len(code.strip()) > _MAX_ERROR_CODE:
+        raise _BadItem(f"ErrorCode is longer than {_MAX_ERROR_CODE} characters")
     return ProviderErrorDetail(
         code=code.strip(),
         title=form.text("ErrorMessage") or form.text("ChannelStatusMessage"),
