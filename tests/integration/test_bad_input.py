@@ -22,6 +22,7 @@ from helpers import (
     post_twilio,
     row_counts,
     scrape,
+    timeline_of,
     twilio_fixture,
     twilio_headers,
 )
@@ -348,3 +349,83 @@ async def test_openapi_lists_the_v1_paths(app: RunningApp) -> None:
         "/v1/messages/{message_id}",
     } <= set(paths)
     assert "/webhooks/{provider}" in paths
+
+
+# --------------------------------------------------------------------------------------------
+# Values longer than leadline stores (PostgreSQL enforces column lengths; SQLite does not)
+
+
+def _mutated_meta(fixture: str, change: Callable[[dict[str, Any]], None]) -> bytes:
+    payload = json.loads(meta_fixture(fixture))
+    change(payload)
+    return meta_json(payload)
+
+
+def _long_message_id(payload: dict[str, Any]) -> None:
+    payload["entry"][0]["changes"][0]["value"]["messages"][1]["id"] = "wamid." + "x" * 200
+
+
+def _long_user_id(payload: dict[str, Any]) -> None:
+    value = payload["entry"][0]["changes"][0]["value"]
+    value["contacts"][1]["wa_id"] = "US." + "1" * 200
+
+
+def _long_status_error_code(payload: dict[str, Any]) -> None:
+    value = payload["entry"][0]["changes"][1]["value"]
+    value["statuses"][0]["errors"] = [{"code": "E" * 40, "title": "?"}]
+
+
+def _long_notice_field(payload: dict[str, Any]) -> None:
+    payload["entry"][0]["changes"].append({"field": "f" * 100, "value": {"event": "X"}})
+    payload["entry"][0]["changes"].append({"field": "account_update", "value": {"event": "Y"}})
+
+
+@pytest.mark.parametrize(
+    "change", [_long_message_id, _long_user_id, _long_status_error_code, _long_notice_field], ids=lambda f: f.__name__
+)
+async def test_overlong_value_in_a_meta_batch_does_not_stop_the_others(
+    app: RunningApp, change: Callable[[dict[str, Any]], None]
+) -> None:
+    """Such a value is no real Meta id; once it failed the whole batch's write on PostgreSQL (a 500)."""
+    body = _mutated_meta("batched", change)
+    async with httpx.AsyncClient() as client:
+        response = await post_meta(client, app.url, body)
+        assert response.status_code == 200, response.text
+        lucia = await only_lead(client, app.url, LUCIA)
+    assert lucia["display_name"] == "Lucía Ramos"
+    assert (await row_counts(app.services.db))["messages"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "status"),
+    [("MessageSid", "SM" + "0" * 200, 400), ("WaId", "u" * 100, 200), ("ErrorCode", "9" * 40, 200)],
+)
+async def test_overlong_twilio_value_is_refused_cleanly(app: RunningApp, param: str, value: str, status: int) -> None:
+    fixture = "status_failed" if param == "ErrorCode" else "inbound_text"
+    params = {**twilio_fixture(fixture), param: value}
+    async with httpx.AsyncClient() as client:
+        response = await post_twilio(client, app.url, params)
+    assert response.status_code == status, response.text
+    assert (await row_counts(app.services.db))["messages"] == 0
+
+
+async def test_meta_text_with_a_nul_character_is_kept_without_it(app: RunningApp) -> None:
+    """PostgreSQL text cannot hold NUL; it once failed the write (a 500) of the whole batch."""
+    body = TEXT.replace(b"Hola, ", b"Hola\\u0000, ")
+    assert b"\\u0000" in body
+    async with httpx.AsyncClient() as client:
+        response = await post_meta(client, app.url, body)
+        assert response.status_code == 200, response.text
+        lead = await only_lead(client, app.url, LUCIA)
+        [entry] = await timeline_of(client, app.url, lead["id"])
+    assert entry["summary"] == "Hola, ¿tienen envío gratis?"
+
+
+async def test_twilio_body_with_a_nul_character_is_kept_without_it(app: RunningApp) -> None:
+    params = {**TWILIO_TEXT, "Body": "Hola\x00 de nuevo", "ProfileName": "Lu\x00cía"}
+    async with httpx.AsyncClient() as client:
+        response = await post_twilio(client, app.url, params)
+        assert response.status_code == 200, response.text
+        lead = await only_lead(client, app.url, LUCIA)
+        [entry] = await timeline_of(client, app.url, lead["id"])
+    assert (entry["summary"], lead["display_name"]) == ("Hola de nuevo", "Lucía")
