@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -12,8 +13,10 @@ from leadline.config import ChannelConfig
 from leadline.domain.messages import MessageId
 from leadline.providers.base import ErrorClass, ProviderError, TemplateSend
 from leadline.providers.http import HttpAnswer, post
+from leadline.providers.media import FetchedMedia
 from leadline.providers.meta.config import MetaChannelConfig
 from leadline.providers.meta.errors import meta_error_from_response
+from leadline.providers.meta.media import fetch_meta_media
 
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
 _CAPTIONED = frozenset({"image", "video", "document"})
@@ -84,6 +87,10 @@ class MetaClient:
         """Mark an inbound message (and the earlier ones of the chat) as read: blue ticks for the customer."""
         body = {"messaging_product": "whatsapp", "status": "read", "message_id": provider_message_id}
         await self._post(body)
+
+    async def fetch_media(self, ref: str, *, into: Path, max_bytes: int) -> FetchedMedia:
+        """Download inbound media by its media id (see :mod:`leadline.providers.meta.media`)."""
+        return await fetch_meta_media(self._session, self._channel, ref, into=into, max_bytes=max_bytes)
 
     async def _send(self, to: str, message_type: str, content: Mapping[str, Any], reply_to: str | None) -> MessageId:
         body: dict[str, Any] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlencode
 
 import aiohttp
@@ -11,8 +12,10 @@ from leadline.config import ChannelConfig
 from leadline.domain.messages import MessageId
 from leadline.providers.base import ErrorClass, ProviderError, TemplateSend
 from leadline.providers.http import post
+from leadline.providers.media import FetchedMedia
 from leadline.providers.twilio.config import TwilioChannelConfig
 from leadline.providers.twilio.errors import twilio_error_from_response
+from leadline.providers.twilio.media import fetch_twilio_media
 
 MEDIA_KINDS = frozenset({"image", "video", "audio", "voice", "document", "sticker"})
 
@@ -105,6 +108,10 @@ class TwilioClient:
         ``messaging.twilio.com/v2/Indicators/Typing.json``), which also shows "typing…" to the
         customer for up to 25 s; that is a promise of a reply this method cannot make.
         """
+
+    async def fetch_media(self, ref: str, *, into: Path, max_bytes: int) -> FetchedMedia:
+        """Download inbound media by its ``MediaUrl`` (see :mod:`leadline.providers.twilio.media`)."""
+        return await fetch_twilio_media(self._session, self._channel, ref, into=into, max_bytes=max_bytes)
 
     async def _send(self, to: str, content: list[tuple[str, str]]) -> MessageId:
         fields = [("To", whatsapp_address(to)), *self._sender(), *content]
