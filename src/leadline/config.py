@@ -280,11 +280,14 @@ def config_from_mapping(data: dict[str, Any]) -> LeadlineConfig:
         except ValidationError as exc:
             problems.extend(_format_validation_error(exc, prefix=f"channels[{index}]"))
 
-    seen: set[str] = set()
-    for channel in channels:
-        if channel.name in seen:
-            problems.append(f"channels: the name {channel.name!r} is used twice")
-        seen.add(channel.name)
+    first_use: dict[str, int] = {}
+    for index, raw in enumerate(settings.channels):
+        name = raw.get("name")
+        if isinstance(name, str) and name in first_use:
+            problems.append(f"channels[{index}].name: {name!r} is already the name of channels[{first_use[name]}]")
+        elif isinstance(name, str):
+            first_use[name] = index
+    seen = {channel.name for channel in channels}
     if settings.default_channel is not None and settings.default_channel not in seen:
         problems.append(f"default_channel: no channel named {settings.default_channel!r}")
     for rule_index, rule in enumerate(settings.router):
