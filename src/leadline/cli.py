@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from leadline.config import ConfigError, LeadlineConfig, config_path, hash_api_key, load_config, read_config_file
@@ -44,7 +45,7 @@ def _load(path: Path | None) -> LeadlineConfig:
     except ConfigError as exc:
         err_console.print(f"[bold red]{path or config_path()}: the configuration has problems[/]")
         for problem in exc.problems:
-            err_console.print(f"  [red]✗[/] {problem}")
+            err_console.print(f"  [red]✗[/] {escape(problem)}")
         raise typer.Exit(2) from None
 
 
@@ -116,7 +117,7 @@ def serve(
             )
         except ConfigError as exc:
             for problem in exc.problems:
-                err_console.print(f"  [red]✗[/] {problem}")
+                err_console.print(f"  [red]✗[/] {escape(problem)}")
             raise typer.Exit(2) from None
         _print_sandbox_welcome(loaded, host, port, sandbox_url)
 
@@ -229,14 +230,15 @@ def leads(
     rows = _with_db(loaded, fetch)
     table = Table("lead", "phone", "name", "owner", "tags", "last message", "channel")
     for lead in rows:
+        # Stored text is data, not Rich markup: "[image] ..." must print as it is.
         table.add_row(
             lead["id"],
             lead["phone"],
-            lead["display_name"] or "",
-            lead["owner"] or "",
-            ", ".join(lead["tags"]),
+            escape(lead["display_name"] or ""),
+            escape(lead["owner"] or ""),
+            escape(", ".join(lead["tags"])),
             _when(lead["last_inbound_at"]),
-            lead["last_inbound_channel"] or "",
+            escape(lead["last_inbound_channel"] or ""),
         )
     console.print(table)
 
@@ -259,17 +261,17 @@ def timeline(
 
     lead, events = _with_db(loaded, fetch)
     if lead is None:
-        err_console.print(f"[red]no lead for {phone}[/]")
+        err_console.print(f"[red]no lead for {escape(phone)}[/]")
         raise typer.Exit(1)
-    console.print(f"[bold]{lead['display_name'] or lead['phone']}[/] {lead['phone']}  ({lead['id']})")
+    console.print(f"[bold]{escape(lead['display_name'] or lead['phone'])}[/] {lead['phone']}  ({lead['id']})")
     table = Table("when (UTC)", "channel", "what", "")
     arrows = {"message_in": "←", "message_out": "→"}
     for event in events:
         table.add_row(
             _when(event["occurred_at"]),
-            event["channel"] or "",
+            escape(event["channel"] or ""),
             event["kind"],
-            arrows.get(event["kind"], "") + " " + (event["summary"] or ""),
+            arrows.get(event["kind"], "") + " " + escape(event["summary"] or ""),
         )
     console.print(table)
 
@@ -297,7 +299,7 @@ def outbox_list(
             job["state"],
             str(job["attempts"]),
             _when(job["created_at"]),
-            (job["last_error"] or "")[:80],
+            escape((job["last_error"] or "")[:80]),
         )
     console.print(table)
 
