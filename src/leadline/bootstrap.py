@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from leadline.config import LeadlineConfig
+from leadline.media.fetch import MediaJobs
+from leadline.media.records import FETCH_MEDIA_JOB
+from leadline.media.storage import LocalMediaStorage, MediaStorage
 from leadline.pipeline.callbacks import CallbackJobs, sync_subscribers
 from leadline.pipeline.handlers import run_handler_job
 from leadline.pipeline.inbound import HANDLER_JOB, NOTICE_JOB
@@ -37,6 +40,7 @@ class Services:
     """Per notice topic; filled in by the features that own a topic (templates own template updates)."""
 
     clients: ChannelClients | None = None
+    media_storage: MediaStorage | None = None
     callbacks: CallbackJobs | None = None
     wake_worker: Callable[[], None] = lambda: None
     """Tells this process's worker that there is work now (set when a worker runs in the process)."""
@@ -81,6 +85,8 @@ def build_services(config: LeadlineConfig) -> Services:
     services.job_handlers[MARK_READ_JOB] = send_jobs.mark_read
     services.callbacks = CallbackJobs(config, db)
     services.job_handlers[CALLBACK_JOB] = services.callbacks.deliver
+    services.media_storage = LocalMediaStorage(config.settings.media.storage_dir)
+    services.job_handlers[FETCH_MEDIA_JOB] = MediaJobs(config, db, services.clients, services.media_storage).fetch
     services.notice_handlers[TEMPLATE_STATUS_TOPIC] = template_status_notice_handler(config)
     services.job_handlers[TEMPLATE_SYNC_JOB] = template_sync_job_handler(config)
     return services

@@ -6,12 +6,14 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
 from leadline.api.errors import ApiError
 from leadline.bootstrap import Services
 from leadline.config import hash_api_key
 from leadline.domain.phones import InvalidPhoneNumber
+from leadline.media.records import MediaState, get_media
 from leadline.store import queries
 
 
@@ -77,6 +79,16 @@ class StatusEntry(BaseModel):
     error: dict[str, Any] | None
 
 
+class MediaItem(BaseModel):
+    id: str
+    state: str
+    """``pending`` until fetched, then ``stored`` (bytes at ``/v1/media/{id}``) or ``failed`` (see ``error``)."""
+    mime_type: str | None
+    filename: str | None
+    size: int | None
+    error: str | None
+
+
 class Message(BaseModel):
     id: str
     lead_id: str
@@ -92,6 +104,7 @@ class Message(BaseModel):
     occurred_at: datetime
     created_at: datetime
     status_history: list[StatusEntry]
+    media: list[MediaItem]
 
 
 @router.get("/leads", response_model=LeadList, summary="Find leads by phone number (any spelling), or list recent ones")
@@ -142,3 +155,42 @@ async def get_message(message_id: str, services: ServicesDep) -> dict[str, Any]:
     if message is None:
         raise ApiError(404, "message_not_found", f"no message {message_id}")
     return message
+
+
+_MEDIA_HEADERS = {
+    # The bytes are whatever a customer sent: never let a browser sniff them into HTML or run them.
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
+
+
+@router.get(
+    "/media/{media_id}",
+    response_class=FileResponse,
+    summary="The bytes of an inbound media item",
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The file, with its content type"},
+        404: {"description": "No such media item"},
+        409: {"description": "Not fetched yet (media_not_ready)"},
+        410: {"description": "The fetch failed for good (media_failed); the message says why"},
+    },
+)
+async def get_media_file(media_id: str, services: ServicesDep) -> FileResponse:
+    async with services.db.read() as conn:
+        media = await get_media(conn, media_id)
+    if media is None:
+        raise ApiError(404, "media_not_found", f"no media {media_id}")
+    if media["state"] == MediaState.PENDING.value:
+        raise ApiError(409, "media_not_ready", f"media {media_id} has not been fetched from the provider yet")
+    if media["state"] == MediaState.FAILED.value:
+        raise ApiError(410, "media_failed", media["error"] or "the media could not be fetched")
+    path = services.media_storage.open(media["storage_key"]) if services.media_storage else None
+    if path is None:
+        raise ApiError(410, "media_missing", f"media {media_id} was stored but its file is gone")
+    return FileResponse(
+        path,
+        media_type=media["mime_type"] or "application/octet-stream",
+        filename=media["filename"],
+        content_disposition_type="inline",
+        headers=_MEDIA_HEADERS,
+    )

@@ -24,6 +24,7 @@ from leadline.config import RouterRule
 from leadline.domain.ids import new_id
 from leadline.domain.messages import DeliveryStatus, InboundEvent, InboundMessage, ProviderNotice, StatusUpdate
 from leadline.domain.timeline import TimelineKind, message_content, summarize
+from leadline.media.records import record_inbound_media
 from leadline.pipeline.leads import Contact, identities_of, upsert_contacts
 from leadline.pipeline.router import select_handlers
 from leadline.store import jobs as job_store
@@ -223,6 +224,7 @@ async def _record_messages(
                 )
             )
     await job_store.enqueue(conn, handler_jobs)
+    await record_inbound_media(conn, [(str(row["id"]), m.media) for m, row in fresh if m.media], now=now)
 
 
 async def _open_windows(conn: AsyncConnection, fresh: list[tuple[InboundMessage, dict[str, Any]]]) -> None:

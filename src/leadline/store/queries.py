@@ -11,7 +11,15 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadline.domain.phones import InvalidPhoneNumber, match_key, to_e164
-from leadline.store.tables import api_keys, lead_identities, leads, message_statuses, messages, timeline_events
+from leadline.store.tables import (
+    api_keys,
+    lead_identities,
+    leads,
+    media_files,
+    message_statuses,
+    messages,
+    timeline_events,
+)
 
 
 def _lead_dict(row: Any) -> dict[str, Any]:
@@ -151,7 +159,25 @@ async def get_message(conn: AsyncConnection, message_id: str) -> dict[str, Any] 
         "occurred_at": row.occurred_at,
         "created_at": row.created_at,
         "status_history": history,
+        "media": await _media_of(conn, row.id),
     }
+
+
+async def _media_of(conn: AsyncConnection, message_id: str) -> list[dict[str, Any]]:
+    """A message's media items in order; the bytes of a ``stored`` one are at ``/v1/media/{id}``."""
+    rows = await conn.execute(
+        select(
+            media_files.c.id,
+            media_files.c.state,
+            media_files.c.mime_type,
+            media_files.c.filename,
+            media_files.c.size,
+            media_files.c.error,
+        )
+        .where(media_files.c.message_id == message_id)
+        .order_by(media_files.c.position)
+    )
+    return [dict(r._mapping) for r in rows]
 
 
 async def api_key_is_valid(conn: AsyncConnection, key_sha256: str) -> bool:
