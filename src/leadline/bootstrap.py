@@ -74,7 +74,7 @@ def build_services(config: LeadlineConfig) -> Services:
     services = Services(
         config=config,
         db=db,
-        ingestor=Ingestor(db, config.settings.router),
+        ingestor=Ingestor(config.settings.database_url, config.settings.router),
         translators=translators,
     )
     services.job_handlers[HANDLER_JOB] = run_handler_job

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import enum
-from datetime import datetime
 from typing import Any
+
+import orjson
 
 from leadline.domain.messages import MEDIA_KINDS, InboundMessage, MessageKind
 
@@ -19,30 +19,12 @@ class TimelineKind(enum.StrEnum):
     OWNER = "owner"
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
-
-
 def message_content(message: InboundMessage) -> dict[str, Any]:
     """The normalised message as JSON, without the provider's raw payload (kept separately)."""
-    content = {field.name: getattr(message, field.name) for field in dataclasses.fields(message) if field.name != "raw"}
-    for name, value in list(content.items()):
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            content[name] = dataclasses.asdict(value)
-        elif isinstance(value, tuple):
-            content[name] = [
-                dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type) else v for v in value
-            ]
-    result: dict[str, Any] = _jsonable(content)
-    return result
+    # orjson knows dataclasses, enums and datetimes, and is several times faster than asdict on this path.
+    content: dict[str, Any] = orjson.loads(orjson.dumps(message))
+    content.pop("raw", None)
+    return content
 
 
 def summarize(message: InboundMessage) -> str:

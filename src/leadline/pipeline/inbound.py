@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadline.config import RouterRule
@@ -227,46 +229,61 @@ async def _record_messages(
     await record_inbound_media(conn, [(str(row["id"]), m.media) for m, row in fresh if m.media], now=now)
 
 
+@cache
+def _window_upsert(dialect: str) -> Any:
+    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(conversation_windows)
+    current = conversation_windows.c.last_inbound_at
+    newer = stmt.excluded.last_inbound_at
+    return stmt.on_conflict_do_update(
+        index_elements=["lead_id", "channel"],
+        set_={"last_inbound_at": case((newer > current, newer), else_=current)},
+    )
+
+
 async def _open_windows(conn: AsyncConnection, fresh: list[tuple[InboundMessage, dict[str, Any]]]) -> None:
     """Each customer message (re)opens the 24-hour window on its channel; a late old message doesn't shrink it."""
     latest: dict[tuple[str, str], datetime] = {}
     for m, row in fresh:
         key = (row["lead_id"], m.channel)
         latest[key] = max(latest.get(key, m.timestamp), m.timestamp)
-    window_rows = [
-        {"lead_id": lead, "channel": channel, "last_inbound_at": at} for (lead, channel), at in latest.items()
-    ]
-    await insert_ignoring_duplicates(conn, conversation_windows, window_rows, conflict_columns=["lead_id", "channel"])
-    for row in window_rows:
-        await conn.execute(
-            update(conversation_windows)
-            .where(
-                conversation_windows.c.lead_id == row["lead_id"],
-                conversation_windows.c.channel == row["channel"],
-                conversation_windows.c.last_inbound_at < row["last_inbound_at"],
-            )
-            .values(last_inbound_at=row["last_inbound_at"])
-        )
+    await conn.execute(
+        _window_upsert(conn.dialect.name),
+        [
+            {"lead_id": lead, "channel": channel, "last_inbound_at": at}
+            for (lead, channel), at in sorted(latest.items())
+        ],
+    )
+
+
+_UPDATE_LEAD_CONTACT = (
+    update(leads)
+    .where(
+        leads.c.id == bindparam("lead"),
+        or_(leads.c.last_inbound_at.is_(None), leads.c.last_inbound_at <= bindparam("at")),
+    )
+    .values(
+        last_inbound_at=bindparam("at"),
+        last_inbound_channel=bindparam("channel"),
+        display_name=func.coalesce(bindparam("name"), leads.c.display_name),
+    )
+)
 
 
 async def _update_lead_contact(conn: AsyncConnection, fresh: list[tuple[InboundMessage, dict[str, Any]]]) -> None:
+    """The lead's last contact and profile name follow its newest message (one statement per batch)."""
     latest: dict[str, InboundMessage] = {}
     for m, row in fresh:
         current = latest.get(row["lead_id"])
         if current is None or m.timestamp >= current.timestamp:
             latest[row["lead_id"]] = m
-    for lead_id, m in latest.items():
-        values: dict[str, Any] = {"last_inbound_at": m.timestamp, "last_inbound_channel": m.channel}
-        if m.profile_name:
-            values["display_name"] = m.profile_name
-        await conn.execute(
-            update(leads)
-            .where(
-                leads.c.id == lead_id,
-                or_(leads.c.last_inbound_at.is_(None), leads.c.last_inbound_at <= m.timestamp),
-            )
-            .values(**values)
-        )
+    await conn.execute(
+        _UPDATE_LEAD_CONTACT,
+        [
+            {"lead": lead_id, "at": m.timestamp, "channel": m.channel, "name": m.profile_name}
+            for lead_id, m in sorted(latest.items())
+        ],
+    )
 
 
 async def record_statuses(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadline.domain.ids import new_id
@@ -21,7 +21,7 @@ Identity = tuple[str, str]
 def identities_of(provider: str, phone: str, provider_user_id: str | None = None) -> list[Identity]:
     """The keys one person is recognised by: their number's match key, and any provider user id."""
     keys: list[Identity] = [("phone", match_key(phone))]
-    if provider_user_id:
+    if provider_user_id and provider_user_id.lstrip("+") != phone.lstrip("+"):
         try:
             as_phone = match_key(to_e164(provider_user_id))
         except InvalidPhoneNumber:
@@ -44,9 +44,18 @@ class Contact:
 async def _lead_ids_by_identity(conn: AsyncConnection, keys: set[Identity]) -> dict[Identity, str]:
     if not keys:
         return {}
+    by_kind: dict[str, set[str]] = {}
+    for kind, value in keys:
+        by_kind.setdefault(kind, set()).add(value)
+    # (kind, value) pairs as the unique index is ordered, so every lookup is an index search.
     rows = await conn.execute(
         select(lead_identities.c.kind, lead_identities.c.value, lead_identities.c.lead_id).where(
-            lead_identities.c.value.in_({value for _, value in keys})
+            or_(
+                *(
+                    and_(lead_identities.c.kind == kind, lead_identities.c.value.in_(sorted(values)))
+                    for kind, values in sorted(by_kind.items())
+                )
+            )
         )
     )
     return {(kind, value): lead_id for kind, value, lead_id in rows if (kind, value) in keys}

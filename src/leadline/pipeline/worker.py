@@ -85,6 +85,9 @@ class Worker:
 
     async def run_once(self) -> int:
         """Claim one batch of due jobs and run them; returns how many were claimed."""
+        async with self.db.read() as conn:
+            if not await job_store.any_runnable(conn, now=self.clock(), kinds=list(self.handlers)):
+                return 0
         async with self.db.transaction() as conn:
             claimed = await job_store.claim(
                 conn,

@@ -72,6 +72,21 @@ async def enqueue(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None
 _UNFINISHED = (JobState.PENDING.value, JobState.RUNNING.value)
 
 
+def _runnable(now: datetime) -> Any:
+    return or_(
+        and_(jobs.c.state == JobState.PENDING.value, jobs.c.run_after <= now),
+        and_(jobs.c.state == JobState.RUNNING.value, jobs.c.locked_until < now),
+    )
+
+
+async def any_runnable(conn: AsyncConnection, *, now: datetime, kinds: Sequence[str] | None = None) -> bool:
+    """A cheap read before a claim: on SQLite a claim takes the write lock, which an idle poll must not."""
+    query = select(jobs.c.id).where(_runnable(now)).limit(1)
+    if kinds is not None:
+        query = query.where(jobs.c.kind.in_(kinds))
+    return (await conn.execute(query)).first() is not None
+
+
 async def claim(
     conn: AsyncConnection,
     *,
@@ -88,13 +103,9 @@ async def claim(
         earlier.c.id < jobs.c.id,
         earlier.c.state.in_(_UNFINISHED),
     )
-    runnable = or_(
-        and_(jobs.c.state == JobState.PENDING.value, jobs.c.run_after <= now),
-        and_(jobs.c.state == JobState.RUNNING.value, jobs.c.locked_until < now),
-    )
     query = (
         select(jobs.c.id)
-        .where(runnable, or_(jobs.c.order_key.is_(None), ~blocked_by_earlier))
+        .where(_runnable(now), or_(jobs.c.order_key.is_(None), ~blocked_by_earlier))
         .order_by(jobs.c.id)
         .limit(limit)
     )

@@ -14,6 +14,7 @@ from leadline.store.db import insert_ignoring_duplicates
 from leadline.store.tables import crm_subscribers, timeline_events
 
 CALLBACK_JOB = "crm_callback"
+_ALL_EVENT_SUBSCRIBERS = select(crm_subscribers.c.name).where(crm_subscribers.c.all_events)
 
 
 async def record_timeline(conn: AsyncConnection, rows: Sequence[dict[str, Any]], *, now: datetime) -> set[str]:
@@ -29,9 +30,7 @@ async def record_timeline(conn: AsyncConnection, rows: Sequence[dict[str, Any]],
     )
     if not new_keys:
         return new_keys
-    subscribers = list(
-        (await conn.execute(select(crm_subscribers.c.name).where(crm_subscribers.c.all_events))).scalars()
-    )
+    subscribers = list((await conn.execute(_ALL_EVENT_SUBSCRIBERS)).scalars())
     if subscribers:
         await job_store.enqueue(
             conn,
