@@ -176,6 +176,32 @@ class MediaConfig(BaseModel):
     """Downloads stop at this size (WhatsApp's own limit for documents is 100 MB)."""
 
 
+class ReengagementTemplate(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    language: str
+    variables: dict[str, str] | list[str] = Field(default_factory=list)
+
+
+class RoutingConfig(BaseModel):
+    """The routing policy's tunables; its flags (overrides, rollout) live in the database (/v1/routing)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    drain_age_hours: float = Field(default=24.0, ge=0)
+    """A lead whose last message on a channel is younger than this stays on it (threads drain there)."""
+    failure_threshold: int = Field(default=3, ge=1)
+    """Consecutive transient failures (5xx, timeouts) that open a channel's circuit; account-level errors
+    (payment, account locked, token expired) open it at once."""
+    probe_after_seconds: float = Field(default=30.0, gt=0)
+    """How long an open circuit waits before letting one message through as a probe (half-open)."""
+    free_form_on_failover: Literal["template", "hold"] = "hold"
+    """A free-form reply whose window exists only on a dead channel: sent as ``reengagement_template`` on a
+    healthy channel, or held and listed (GET /v1/routing/held) until the channel is back."""
+    reengagement_template: ReengagementTemplate | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEADLINE_", env_nested_delimiter="__", extra="forbid")
 
@@ -190,7 +216,8 @@ class Settings(BaseSettings):
     router: list[RouterRule] = Field(default_factory=list)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     default_channel: str | None = None
-    """Where a message to a lead with no conversation goes, when the request names no channel."""
+    """Where a message to a lead with no conversation goes, until the routing flags name another."""
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     subscribers: list[SubscriberConfig] = Field(default_factory=list)
     media: MediaConfig = Field(default_factory=MediaConfig)
 
@@ -288,6 +315,8 @@ def config_from_mapping(data: dict[str, Any]) -> LeadlineConfig:
         elif isinstance(name, str):
             first_use[name] = index
     seen = {channel.name for channel in channels}
+    if settings.routing.free_form_on_failover == "template" and settings.routing.reengagement_template is None:
+        problems.append("routing.reengagement_template: required when routing.free_form_on_failover = 'template'")
     if settings.default_channel is not None and settings.default_channel not in seen:
         problems.append(f"default_channel: no channel named {settings.default_channel!r}")
     for rule_index, rule in enumerate(settings.router):

@@ -35,11 +35,12 @@ from leadline.pipeline.worker import JobRun, PermanentFailure, RetryLater
 from leadline.providers.base import ErrorClass, MessagingProvider, ProviderError, TemplateSend
 from leadline.providers.http import new_client_session
 from leadline.providers.registry import get_plugin
+from leadline.routing.facts import routing_facts
 from leadline.routing.health import record_channel_failure, record_channel_success
 from leadline.store import jobs as job_store
 from leadline.store.db import Database, insert_ignoring_duplicates
 from leadline.store.jobs import Job
-from leadline.store.tables import conversation_windows, messages
+from leadline.store.tables import messages
 from leadline.store.timeline import record_timeline
 
 log = structlog.get_logger(__name__)
@@ -177,27 +178,28 @@ async def accept_outbound(
         if existing is not None:
             return existing
 
-    sendable = [c for c in config.channels if c.can_send]
     lead_by_key, _ = await upsert_contacts(conn, [Contact("to", identities_of("", to), to)], now)
     lead_id = lead_by_key["to"]
-    windows = {
-        channel: at
-        for channel, at in await conn.execute(
-            select(conversation_windows.c.channel, conversation_windows.c.last_inbound_at).where(
-                conversation_windows.c.lead_id == lead_id
-            )
-        )
-    }
+    facts = await routing_facts(conn, config, lead_id, now)
+    approved = None
+    if isinstance(request.body, TemplateBody):
+        from leadline.templates.service import channels_with_approved
+
+        approved = frozenset(await channels_with_approved(conn, request.body.name, request.body.language))
     try:
         decision = decide_channel(
-            sendable=[c.name for c in sendable],
+            to=to,
+            channels=facts.channels,
             explicit=request.channel,
-            last_inbound_by_channel=windows,
-            default_channel=config.settings.default_channel,
+            threads=facts.threads,
+            flags=facts.flags,
+            drain_age=facts.drain_age,
             now=now,
+            approved=approved,
         )
     except NoRoute as exc:
         raise OutboundRefused(422, exc.code, exc.message) from None
+    windows = facts.threads.last_inbound
     channel = config.channel(decision.channel)
 
     body: OutboundBody = request.body
@@ -218,7 +220,7 @@ async def accept_outbound(
         to=to,
         reply_to=await _provider_reply_id(conn, request.reply_to, channel),
         request_sha256=fingerprint,
-        routing={"channel": decision.channel, "reason": decision.reason},
+        routing={"channel": decision.channel, "reason": decision.reason, "passed_over": list(decision.passed_over)},
     )
 
     message_id = new_id("msg")

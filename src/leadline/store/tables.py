@@ -18,6 +18,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -241,6 +242,7 @@ channel_health = Table(
     Column("last_failure_at", UTCDateTime),
     Column("last_success_at", UTCDateTime),
     Column("opened_at", UTCDateTime),
+    Column("next_probe_at", UTCDateTime),
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
@@ -262,4 +264,40 @@ media_files = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("stored_at", UTCDateTime),
     UniqueConstraint("message_id", "position"),
+)
+
+# Routing flags, read by every process on every decision (so a change is in force at once everywhere).
+routing_overrides = Table(
+    "routing_overrides",
+    metadata,
+    # An exact E.164 number or a prefix such as ``+34``.
+    Column("match", String(20), primary_key=True),
+    Column("channel", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+# One row (id = 1): the rollout, the default channel and the cutover in progress.
+routing_state = Table(
+    "routing_state",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("default_channel", String(64)),
+    Column("rollout_channel", String(64)),
+    Column("rollout_percent", Float, nullable=False, default=0.0),
+    Column("cutover_from", String(64)),
+    Column("cutover_to", String(64)),
+    Column("cutover_started_at", UTCDateTime),
+    Column("cutover_finished_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+routing_audit = Table(
+    "routing_audit",
+    metadata,
+    Column("id", Serial, primary_key=True, autoincrement=True),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("before", JSON),
+    Column("after", JSON),
+    Column("occurred_at", UTCDateTime, nullable=False),
 )

@@ -1,0 +1,80 @@
+"""Gathering what the routing policy (domain.routing) decides on, from the database, on every decision:
+flags, circuits and threads are shared by every process, so nothing here is cached in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from leadline.config import LeadlineConfig
+from leadline.domain.routing import ChannelState, Flags, LeadThreads
+from leadline.store.tables import (
+    channel_health,
+    conversation_windows,
+    messages,
+    routing_overrides,
+    routing_state,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingFacts:
+    channels: list[ChannelState]
+    threads: LeadThreads
+    flags: Flags
+    drain_age: timedelta
+
+
+async def current_flags(conn: AsyncConnection, config: LeadlineConfig) -> Flags:
+    overrides = {row.match: row.channel for row in await conn.execute(select(routing_overrides))}
+    state = (await conn.execute(select(routing_state).where(routing_state.c.id == 1))).first()
+    if state is None:
+        return Flags(overrides=overrides, default_channel=config.settings.default_channel)
+    return Flags(
+        overrides=overrides,
+        rollout_channel=state.rollout_channel,
+        rollout_percent=state.rollout_percent,
+        default_channel=state.default_channel or config.settings.default_channel,
+    )
+
+
+async def channel_states(conn: AsyncConnection, config: LeadlineConfig, now: datetime) -> list[ChannelState]:
+    """Channels that can send, in configuration order; an open circuit is healthy again once its probe is due."""
+    rows = {row.channel: row for row in await conn.execute(select(channel_health))}
+    states = []
+    for channel in config.channels:
+        if not channel.can_send:
+            continue
+        row = rows.get(channel.name)
+        healthy = row is None or row.state != "open" or (row.next_probe_at is not None and row.next_probe_at <= now)
+        states.append(ChannelState(channel.name, healthy))
+    return states
+
+
+async def lead_threads(conn: AsyncConnection, lead_id: str) -> LeadThreads:
+    windows = await conn.execute(
+        select(conversation_windows.c.channel, conversation_windows.c.last_inbound_at).where(
+            conversation_windows.c.lead_id == lead_id
+        )
+    )
+    activity = await conn.execute(
+        select(messages.c.channel, func.max(messages.c.created_at))
+        .where(messages.c.lead_id == lead_id)
+        .group_by(messages.c.channel)
+    )
+    return LeadThreads(
+        last_inbound={channel: at for channel, at in windows},
+        last_activity={channel: at for channel, at in activity},
+    )
+
+
+async def routing_facts(conn: AsyncConnection, config: LeadlineConfig, lead_id: str, now: datetime) -> RoutingFacts:
+    return RoutingFacts(
+        channels=await channel_states(conn, config, now),
+        threads=await lead_threads(conn, lead_id),
+        flags=await current_flags(conn, config),
+        drain_age=timedelta(hours=config.settings.routing.drain_age_hours),
+    )
