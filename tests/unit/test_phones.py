@@ -57,11 +57,6 @@ def test_different_people_keep_different_match_keys(one: str, other: str) -> Non
     assert match_key(one) != match_key(other)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="domain/phones.py folds any 13-digit +55 number with a 9 after the area code; legacy mobiles began "
-    "with 6-9, so a landline (2-5) and a new mobile 9+<landline digits> become one lead",
-)
 def test_brazilian_landline_is_not_folded_into_a_mobile() -> None:
     assert match_key("+551133334444") != match_key("+5511933334444")
 

@@ -50,12 +50,13 @@ def match_key(e164: str) -> str:
     """The key under which spellings of one person's number coincide.
 
     - Brazil (+55): mobiles gained a leading 9 in 2012-2016; WhatsApp ids of older accounts still
-      omit it. The key drops it: ``+55 11 9xxxx-xxxx`` and ``+55 11 xxxx-xxxx`` share a key.
+      omit it. The key drops it: ``+55 11 9xxxx-xxxx`` and ``+55 11 xxxx-xxxx`` share a key. Only
+      numbers whose old form was a mobile (starting 6-9) fold, so a landline (2-5) stays its own person.
     - Mexico (+52) and Argentina (+54): WhatsApp ids carry the old mobile prefix ``1`` / ``9``
       after the country code (``521…``, ``549…``); the key drops it.
     """
     digits = e164.lstrip("+")
-    if digits.startswith("55") and len(digits) == 13 and digits[4] == "9":
+    if digits.startswith("55") and len(digits) == 13 and digits[4] == "9" and digits[5] in "6789":
         return "+" + digits[:4] + digits[5:]
     if digits.startswith("521") and len(digits) == 13:
         return "+52" + digits[3:]
