@@ -19,3 +19,8 @@ WEBHOOK_ITEM_PROBLEMS = Counter(
     "Items inside an accepted webhook that could not be translated (the rest of the batch was kept).",
     ["provider", "channel"],
 )
+ROUTING_DECISIONS = Counter(
+    "leadline_routing_decisions_total",
+    "Outbound messages accepted, by the channel the routing policy chose and its reason.",
+    ["channel", "reason"],
+)

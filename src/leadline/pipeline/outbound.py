@@ -28,6 +28,7 @@ from leadline.domain.phones import InvalidPhoneNumber, to_e164
 from leadline.domain.routing import NoRoute, decide_channel
 from leadline.domain.timeline import TimelineKind
 from leadline.domain.window import window_is_open
+from leadline.metrics import ROUTING_DECISIONS
 from leadline.pipeline.inbound import apply_recorded_statuses
 from leadline.pipeline.leads import Contact, identities_of, upsert_contacts
 from leadline.pipeline.ratelimit import TokenBucket
@@ -280,6 +281,7 @@ async def accept_outbound(
             )
         ],
     )
+    ROUTING_DECISIONS.labels(decision.channel, decision.reason).inc()
     return Accepted(message_id, lead_id, channel.name, DeliveryStatus.QUEUED.value, created=True)
 
 
