@@ -18,6 +18,7 @@ from rich.table import Table
 from leadline.config import ConfigError, LeadlineConfig, config_path, hash_api_key, load_config, read_config_file
 from leadline.logging import configure_logging
 from leadline.pipeline.outbound import redrive_dead_sends
+from leadline.routing.cli import routing_app
 from leadline.store import jobs as job_store
 from leadline.store import queries
 from leadline.store.db import Database
@@ -30,6 +31,7 @@ api_key_app = typer.Typer(help="API keys for /v1.", no_args_is_help=True)
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(api_key_app, name="api-key")
 app.add_typer(templates_app, name="templates")
+app.add_typer(routing_app, name="routing")
 console = Console()
 err_console = Console(stderr=True)
 
