@@ -9,7 +9,7 @@ wire format.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -188,3 +188,6 @@ class ProviderPlugin:
     make_client: Callable[[ChannelConfig, aiohttp.ClientSession, str | None], MessagingProvider] | None = None
     """Builds a sender for one channel: its config, its pooled session, and the URL leadline's webhooks are
     reachable at (``public_url``), for providers that are told per message where to report statuses."""
+    check_credentials: Callable[[ChannelConfig, aiohttp.ClientSession], Awaitable[str]] | None = None
+    """A cheap authenticated call to the provider: returns a short description of the account or number,
+    raises :class:`ProviderError` when the credentials are refused (what a cutover plan checks)."""

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from leadline.sandbox.account import AccountFake
 from leadline.sandbox.config import SandboxConfig
 from leadline.sandbox.core import FaultSpec, InboundSpec, Provider, Sandbox, StatusModeSpec
 from leadline.sandbox.meta import MetaFake
@@ -48,6 +49,7 @@ def build_sandbox_app(config: SandboxConfig) -> web.Application:
     sandbox = Sandbox(config)
     app = web.Application()
     app[SANDBOX_KEY] = sandbox
+    AccountFake(sandbox).add_routes(app)  # first: Meta's GET /{phone_number_id} has the media route's shape
     for fake in (MetaFake(sandbox), TwilioFake(sandbox)):
         sandbox.fakes[fake.name] = fake
         fake.add_routes(app)
