@@ -19,6 +19,7 @@ from leadline.config import ConfigError, LeadlineConfig, config_path, hash_api_k
 from leadline.logging import configure_logging
 from leadline.pipeline.outbound import redrive_dead_sends
 from leadline.routing.cli import routing_app
+from leadline.routing.cutover_cli import cutover_app
 from leadline.store import jobs as job_store
 from leadline.store import queries
 from leadline.store.db import Database
@@ -31,6 +32,7 @@ api_key_app = typer.Typer(help="API keys for /v1.", no_args_is_help=True)
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(api_key_app, name="api-key")
 app.add_typer(templates_app, name="templates")
+app.add_typer(cutover_app, name="cutover")
 app.add_typer(routing_app, name="routing")
 console = Console()
 err_console = Console(stderr=True)

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from leadline.api import messages, routing, v1, webhooks
+from leadline.api import cutover, messages, routing, v1, webhooks
 from leadline.api import templates as templates_api
 from leadline.api.errors import install_error_handlers
 from leadline.bootstrap import Services, build_services
@@ -59,6 +59,7 @@ def create_app(
     app.include_router(v1.router)
     app.include_router(messages.router)
     app.include_router(templates_api.router)
+    app.include_router(cutover.router)
     app.include_router(routing.router)
 
     @app.get("/healthz", tags=["ops"])
