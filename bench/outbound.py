@@ -200,8 +200,12 @@ async def end_to_end(url: str, db_path: Path, messages: int, concurrency: int) -
 
         started = time.perf_counter()
         posting = await run_concurrently(messages, concurrency, post)
-        while accepted(db_path) < messages:
+        for _ in range(60_000):  # polls for at most 20 minutes
+            if accepted(db_path) >= messages:
+                break
             await asyncio.sleep(0.02)
+        else:
+            raise RuntimeError("the messages were not all accepted")
         total = time.perf_counter() - started
     return messages / posting, messages / total
 
