@@ -21,8 +21,8 @@ from leadline.domain.phones import InvalidPhoneNumber, to_e164
 from leadline.store.db import Database, insert_ignoring_duplicates
 from leadline.store.tables import routing_audit, routing_overrides, routing_state
 
-PREFIX = re.compile(r"\+[0-9]{1,6}")
-"""A prefix override: ``+`` and 1 to 6 digits (``+34``, ``+5255``). Exact numbers are longer."""
+PREFIX = re.compile(r"\+[1-9][0-9]{0,5}")
+"""A prefix override: ``+`` and 1 to 6 digits, the first not 0 (``+34``, ``+5255``). Exact numbers are longer."""
 
 
 class InvalidFlag(Exception):
@@ -90,7 +90,8 @@ def normalise_match(raw: str) -> str:
     except InvalidPhoneNumber:
         raise InvalidFlag(
             "invalid_match",
-            f"{raw!r} is neither a phone number in international form nor a prefix ('+' and 1 to 6 digits)",
+            f"{raw!r} is neither a phone number in international form nor a prefix"
+            " ('+' and 1 to 6 digits, the first not 0)",
         ) from None
 
 
