@@ -11,7 +11,11 @@ fi
 
 if [ -z "${LEADLINE_TEST_POSTGRES_URL:-}" ]; then
   if url=$(bash scripts/postgres.sh); then
-    export LEADLINE_TEST_POSTGRES_URL="$url"
+    # A database of this run's own: the tests reset its schema, so two runs must never share one.
+    database="leadline_test_$$"
+    psql -q -h 127.0.0.1 -p "${LEADLINE_TEST_PGPORT:-54329}" -U postgres -d postgres -c "CREATE DATABASE $database" >/dev/null
+    trap 'psql -q -h 127.0.0.1 -p "${LEADLINE_TEST_PGPORT:-54329}" -U postgres -d postgres -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
+    export LEADLINE_TEST_POSTGRES_URL="${url%/*}/$database"
   else
     echo "PostgreSQL could not be started: its tests will be skipped" >&2
   fi
