@@ -193,6 +193,14 @@ async def test_exact_number_override_beats_a_prefix(world: World) -> None:
     assert (other["channel"], other["reason"]) == ("twilio-main", "prefix_override")
 
 
+async def test_number_override_holds_for_every_spelling_of_the_number(world: World) -> None:
+    await put(world, "/overrides/+525587654321", {"channel": "twilio-main"})  # the CRM's spelling, without the 1
+
+    whatsapp_spelling = await explain(world, NEW_NUMBER)  # +52 1 55..., as WhatsApp spells Mexican mobiles
+
+    assert (whatsapp_spelling["channel"], whatsapp_spelling["reason"]) == ("twilio-main", "number_override")
+
+
 async def test_longest_matching_prefix_wins(world: World) -> None:
     await put(world, "/overrides/+52", {"channel": "twilio-main"})
     await put(world, "/overrides/+52155", {"channel": "meta-second"})

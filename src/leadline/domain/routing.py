@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from leadline.domain.phones import match_key
 from leadline.domain.window import window_is_open
 
 
@@ -71,17 +72,25 @@ def _notes(passed_over: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(passed_over))
 
 
+MAX_PREFIX_LENGTH = 7
+"""A prefix override is ``+`` and at most 6 digits; an E.164 number has at least 7 digits, so is longer."""
+
+
 def rollout_bucket(number: str) -> float:
-    """Where a number falls in [0, 100): stable across processes and releases."""
-    digest = hashlib.sha256(number.encode()).digest()
+    """Where a number falls in [0, 100): stable across processes and releases, and across the spellings of
+    one person's number (``+521…`` and ``+52…`` in Mexico), so the same lead never lands on both sides."""
+    digest = hashlib.sha256(match_key(number).encode()).digest()
     return int.from_bytes(digest[:8], "big") % 10_000 / 100
 
 
 def matching_override(number: str, overrides: Mapping[str, str]) -> tuple[str, str] | None:
-    """(channel, reason) for an exact override, else the longest matching prefix."""
-    if number in overrides:
-        return overrides[number], "number_override"
-    prefixes = [p for p in overrides if number.startswith(p) and p != number]
+    """(channel, reason) for an exact override (any spelling of the number), else the longest matching
+    prefix. An exact number is never used as a prefix of a longer one."""
+    key = match_key(number)
+    exact = [p for p in overrides if len(p) > MAX_PREFIX_LENGTH and match_key(p) == key]
+    if exact:
+        return overrides[number if number in exact else exact[0]], "number_override"
+    prefixes = [p for p in overrides if len(p) <= MAX_PREFIX_LENGTH and number.startswith(p)]
     if prefixes:
         return overrides[max(prefixes, key=len)], "prefix_override"
     return None
