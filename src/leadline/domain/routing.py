@@ -131,14 +131,22 @@ def decide_channel(
         if usable(explicit):
             return RoutingDecision(explicit, "requested", _notes(passed_over))
 
-    in_flight = sorted(
+    # The customer's own last message decides first (a reply never crosses to a channel they left), then
+    # the channel of the lead's last conversation within the drain age.
+    open_windows = sorted(
+        ((at, name) for name, at in threads.last_inbound.items() if name in by_name and window_is_open(at, now)),
+        reverse=True,
+    )
+    with_window = {name for _, name in open_windows}
+    draining = sorted(
         (
             (at, name)
             for name, at in threads.last_activity.items()
-            if name in by_name and (window_is_open(threads.last_inbound.get(name), now) or now - at < drain_age)
+            if name in by_name and name not in with_window and now - at < drain_age
         ),
         reverse=True,
     )
+    in_flight = open_windows + draining
     for _, name in in_flight:
         if usable(name):
             return RoutingDecision(name, "thread_in_flight", _notes(passed_over))
