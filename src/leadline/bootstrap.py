@@ -19,6 +19,7 @@ from leadline.pipeline.outbound import MARK_READ_JOB, SEND_JOB, ChannelClients, 
 from leadline.pipeline.worker import JobHandler, Worker
 from leadline.providers.base import WebhookTranslator
 from leadline.providers.registry import get_plugin
+from leadline.routing.failover import PROBE_JOB, probe_job_handler
 from leadline.store.db import Database
 from leadline.store.timeline import CALLBACK_JOB
 from leadline.templates.sync import (
@@ -83,6 +84,7 @@ def build_services(config: LeadlineConfig) -> Services:
     send_jobs = SendJobs(config, db, services.clients)
     services.job_handlers[SEND_JOB] = send_jobs.send
     services.job_handlers[MARK_READ_JOB] = send_jobs.mark_read
+    services.job_handlers[PROBE_JOB] = probe_job_handler(config)
     services.callbacks = CallbackJobs(config, db)
     services.job_handlers[CALLBACK_JOB] = services.callbacks.deliver
     services.media_storage = LocalMediaStorage(config.settings.media.storage_dir)

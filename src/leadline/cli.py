@@ -20,6 +20,7 @@ from leadline.logging import configure_logging
 from leadline.pipeline.outbound import redrive_dead_sends
 from leadline.routing.cli import routing_app
 from leadline.routing.cutover_cli import cutover_app
+from leadline.routing.failover_cli import health, held_app
 from leadline.store import jobs as job_store
 from leadline.store import queries
 from leadline.store.db import Database
@@ -34,6 +35,8 @@ app.add_typer(api_key_app, name="api-key")
 app.add_typer(templates_app, name="templates")
 app.add_typer(cutover_app, name="cutover")
 app.add_typer(routing_app, name="routing")
+app.add_typer(held_app, name="held")
+app.command("health")(health)
 console = Console()
 err_console = Console(stderr=True)
 

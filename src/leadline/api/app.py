@@ -6,15 +6,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from leadline.api import cutover, messages, routing, v1, webhooks
+from leadline.api import failover as failover_api
 from leadline.api import templates as templates_api
 from leadline.api.errors import install_error_handlers
 from leadline.bootstrap import Services, build_services
 from leadline.config import LeadlineConfig
+from leadline.routing.failover import refresh_gauges
 
 
 def create_app(
@@ -61,13 +63,17 @@ def create_app(
     app.include_router(templates_api.router)
     app.include_router(cutover.router)
     app.include_router(routing.router)
+    app.include_router(failover_api.router)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        running: Services = request.app.state.services
+        async with running.db.read() as conn:
+            await refresh_gauges(conn, running.config)  # circuits and held messages: every process's view
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app

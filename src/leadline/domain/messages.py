@@ -140,6 +140,8 @@ class InboundMessage:
 class DeliveryStatus(enum.StrEnum):
     QUEUED = "queued"
     """In leadline's outbox, not yet handed to the provider."""
+    HELD = "held"
+    """Kept by leadline: its channel is down and it could not move (``leadline held``); never sent as it is."""
     ACCEPTED = "accepted"
     SENDING = "sending"
     SENT = "sent"
@@ -160,6 +162,7 @@ class DeliveryStatus(enum.StrEnum):
 
 _STATUS_RANK = {
     DeliveryStatus.QUEUED: 0,
+    DeliveryStatus.HELD: 0,
     DeliveryStatus.ACCEPTED: 10,
     DeliveryStatus.SENDING: 20,
     DeliveryStatus.SENT: 30,

@@ -17,6 +17,8 @@ class TimelineKind(enum.StrEnum):
     NOTE = "note"
     TAG = "tag"
     OWNER = "owner"
+    ROUTING = "routing"
+    """A queued message moved to another channel (failover), or was converted to a template to move."""
 
 
 def message_content(message: InboundMessage) -> dict[str, Any]:

@@ -37,7 +37,15 @@ from leadline.providers.base import ErrorClass, MessagingProvider, ProviderError
 from leadline.providers.http import new_client_session
 from leadline.providers.registry import get_plugin
 from leadline.routing.facts import routing_facts
-from leadline.routing.health import record_channel_failure, record_channel_success
+from leadline.routing.failover import Held, count_failover, fail_over, release_held, schedule_probe
+from leadline.routing.health import (
+    Circuit,
+    claim_probe,
+    failure_kind,
+    get_circuit,
+    record_channel_failure,
+    record_channel_success,
+)
 from leadline.store import jobs as job_store
 from leadline.store.db import Database, insert_ignoring_duplicates
 from leadline.store.jobs import Job
@@ -132,6 +140,8 @@ async def _prepare_template(conn: AsyncConnection, channel: ChannelConfig, body:
         "rendered_text": prepared.rendered_text,
         "name": body.name,
         "language": body.language,
+        # Kept so that failover can render the template again for another channel's provider.
+        "variables": dict(body.variables) if isinstance(body.variables, Mapping) else list(body.variables),
     }
 
 
@@ -451,11 +461,17 @@ class SendJobs:
         self.clients = clients
 
     async def send(self, job: Job, run: JobRun) -> None:
+        """Send one queued message; a channel whose circuit is open is not tried (but for its one probe)."""
         message_id = job.payload["message_id"]
         async with self.db.read() as conn:
             row = (await conn.execute(select(messages).where(messages.c.id == message_id))).first()
+            circuit = None if row is None else await get_circuit(conn, row.channel)
         if row is None or row.status != DeliveryStatus.QUEUED.value:
-            return  # already sent or ended: a retried or re-claimed job must not send twice
+            return  # already sent, ended or held: a retried or re-claimed job must not send twice
+        began = run.now()
+        if circuit is not None and circuit.is_open and not await self._claimed_probe(row.channel, circuit, began):
+            await self._fail_over(run, row, None)
+            return
         await self.clients.limiter(row.channel).acquire()
         client = self.clients.client(row.channel)
         try:
@@ -466,8 +482,37 @@ class SendJobs:
         now = run.now()
         async with self.db.transaction() as conn:
             await mark_accepted(conn, message_id, row.provider, provider_message_id, now)
-            await record_channel_success(conn, row.channel, now)
+            if await record_channel_success(conn, row.channel, now, sent_since=began):
+                await release_held(conn, now=now, channel=row.channel)
             await run.finish(conn)
+
+    async def _claimed_probe(self, channel: str, circuit: Circuit, now: datetime) -> bool:
+        """Whether this send is the open circuit's probe (due, and no other sender took it first)."""
+        if not circuit.probe_due(now):
+            return False
+        async with self.db.transaction() as conn:
+            return await claim_probe(conn, channel, now, self.config.settings.routing)
+
+    async def _fail_over(self, run: JobRun, row: Any, error: ProviderError | None) -> None:
+        """The message's channel is down: move it, convert it or hold it (routing.failover), and end this job."""
+        now = run.now()
+        async with self.db.transaction() as conn:
+            circuit = await get_circuit(conn, row.channel)
+            assert circuit is not None and circuit.is_open
+            outcome = await fail_over(
+                conn,
+                self.config,
+                row,
+                circuit=circuit,
+                now=now,
+                error_code=error.code if error else None,
+                error_message=error.message if error else None,
+            )
+            if isinstance(outcome, Held):
+                await schedule_probe(conn, row.channel, circuit.next_probe_at, now)
+            # A move comes with a fresh send job on the new channel (its own attempts), in this transaction.
+            await run.finish(conn)
+        count_failover(outcome)
 
     async def _failed(self, job: Job, run: JobRun, row: Any, error: ProviderError) -> None:
         now = run.now()
@@ -479,13 +524,28 @@ class SendJobs:
             code=error.code,
             attempt=job.attempts,
         )
+        kind = failure_kind(error)
+        if kind is not None:
+            async with self.db.transaction() as conn:
+                health = await record_channel_failure(
+                    conn,
+                    row.channel,
+                    kind=kind,
+                    code=error.code,
+                    message=error.message,
+                    now=now,
+                    config=self.config.settings.routing,
+                )
+                if health.circuit.is_open:
+                    await schedule_probe(conn, row.channel, health.circuit.next_probe_at, now)
+            if health.circuit.is_open:
+                await self._fail_over(run, row, error)
+                return
         retryable = error.error_class in (ErrorClass.RETRY_LATER, ErrorClass.CHANNEL_FAILURE)
         will_retry = retryable and job.attempts < self.config.settings.worker.max_attempts
         fallback = row.content.get("fallback")
         use_fallback = error.error_class is ErrorClass.NEEDS_TEMPLATE and fallback is not None
         async with self.db.transaction() as conn:
-            if error.error_class is ErrorClass.CHANNEL_FAILURE:
-                await record_channel_failure(conn, row.channel, error.code, error.message, now)
             if use_fallback:
                 # The window closed after the message was accepted: the fallback template goes instead.
                 content = {key: value for key, value in row.content.items() if key != "fallback"} | fallback
