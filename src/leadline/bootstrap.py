@@ -16,6 +16,7 @@ from leadline.pipeline.inbound import HANDLER_JOB, NOTICE_JOB
 from leadline.pipeline.ingest import Ingestor
 from leadline.pipeline.notices import NoticeHandler, notice_job_handler
 from leadline.pipeline.outbound import MARK_READ_JOB, SEND_JOB, ChannelClients, SendJobs
+from leadline.pipeline.outbox import Outbox
 from leadline.pipeline.worker import JobHandler, Worker
 from leadline.providers.base import WebhookTranslator
 from leadline.providers.registry import get_plugin
@@ -35,6 +36,7 @@ class Services:
     config: LeadlineConfig
     db: Database
     ingestor: Ingestor
+    outbox: Outbox
     translators: dict[str, WebhookTranslator]
     job_handlers: dict[str, JobHandler] = field(default_factory=dict)
     notice_handlers: dict[str, NoticeHandler] = field(default_factory=dict)
@@ -58,6 +60,7 @@ class Services:
 
     async def close(self) -> None:
         await self.ingestor.close()
+        await self.outbox.close()
         if self.clients is not None:
             await self.clients.close()
         if self.callbacks is not None:
@@ -76,6 +79,7 @@ def build_services(config: LeadlineConfig) -> Services:
         config=config,
         db=db,
         ingestor=Ingestor(config.settings.database_url, config.settings.router),
+        outbox=Outbox(config),
         translators=translators,
     )
     services.job_handlers[HANDLER_JOB] = run_handler_job

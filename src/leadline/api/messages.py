@@ -20,7 +20,6 @@ from leadline.pipeline.outbound import (
     OutboundRequest,
     TemplateBody,
     TextBody,
-    accept_outbound,
 )
 from leadline.store import jobs as job_store
 from leadline.store.tables import messages
@@ -116,8 +115,7 @@ async def send_message(
 ) -> JSONResponse:
     request = payload.request(idempotency_key)
     try:
-        async with services.db.transaction() as conn:
-            accepted = await accept_outbound(conn, services.config, request, datetime.now(UTC))
+        accepted = await services.outbox.accept(request, datetime.now(UTC))
     except OutboundRefused as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
     services.wake_worker()

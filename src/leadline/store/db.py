@@ -82,6 +82,12 @@ class DirectConnection:
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         return self._connection.execute(statement, parameters)
 
+    @asynccontextmanager
+    async def begin_nested(self) -> AsyncIterator[None]:
+        """A SAVEPOINT, as ``AsyncConnection.begin_nested``: rolled back alone if the block raises."""
+        with self._connection.begin_nested():
+            yield
+
 
 class DirectSQLite:
     """The SQLite file through the standard library's driver, configured as :class:`Database` does."""
@@ -110,7 +116,7 @@ class DirectSQLite:
         with self.engine.connect() as conn:
             conn = conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
-                # Only ``execute`` and ``dialect`` are used by the code run on it (pipeline.inbound).
+                # Only ``execute``, ``dialect`` and ``begin_nested`` are used by the code run on it.
                 yield cast(AsyncConnection, DirectConnection(conn))
 
     def close(self) -> None:

@@ -1,0 +1,48 @@
+"""Group commit for ``POST /v1/messages``: every send waiting is accepted into the outbox in one transaction.
+
+Each request runs :func:`accept_outbound` in a SAVEPOINT of the shared transaction, so a refused one
+(``needs_template``, ``invalid_phone``, ``idempotency_key_reused``...) rolls back alone and nothing of it
+is stored, while the others commit together. A request is answered only once its message, timeline entry
+and send job are committed: the outbox guarantee is unchanged, only the commits are shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from leadline.config import LeadlineConfig
+from leadline.pipeline.outbound import Accepted, OutboundRefused, OutboundRequest, accept_outbound
+from leadline.store.writer import BatchWriter
+
+
+class Outbox:
+    def __init__(self, config: LeadlineConfig, *, max_batch: int = 500):
+        self._config = config
+        self._writer: BatchWriter[tuple[OutboundRequest, datetime], Accepted | OutboundRefused] = BatchWriter(
+            config.settings.database_url, self._write, name="outbox", max_batch=max_batch
+        )
+
+    async def accept(self, request: OutboundRequest, now: datetime) -> Accepted:
+        """Return once the message is committed to the outbox; raise :class:`OutboundRefused` if it is not."""
+        result = await self._writer.submit((request, now))
+        if isinstance(result, OutboundRefused):
+            raise result
+        return result
+
+    async def close(self) -> None:
+        await self._writer.close()
+
+    async def _write(
+        self, conn: AsyncConnection, requests: Sequence[tuple[OutboundRequest, datetime]]
+    ) -> list[Accepted | OutboundRefused]:
+        results: list[Accepted | OutboundRefused] = []
+        for request, now in requests:
+            try:
+                async with conn.begin_nested():
+                    results.append(await accept_outbound(conn, self._config, request, now))
+            except OutboundRefused as refused:  # its savepoint is rolled back: nothing of it stored
+                results.append(refused)
+        return results
