@@ -198,7 +198,7 @@ class RoutingConfig(BaseModel):
     """How long an open circuit waits before letting one message through as a probe (half-open)."""
     free_form_on_failover: Literal["template", "hold"] = "hold"
     """A free-form reply whose window exists only on a dead channel: sent as ``reengagement_template`` on a
-    healthy channel, or held and listed (GET /v1/routing/held) until the channel is back."""
+    healthy channel, or held and listed (GET /v1/held, ``leadline held``) until the channel is back."""
     reengagement_template: ReengagementTemplate | None = None
 
 
