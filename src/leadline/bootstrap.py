@@ -45,6 +45,7 @@ class Services:
     clients: ChannelClients | None = None
     media_storage: MediaStorage | None = None
     callbacks: CallbackJobs | None = None
+    send_jobs: SendJobs | None = None
     wake_worker: Callable[[], None] = lambda: None
     """Tells this process's worker that there is work now (set when a worker runs in the process)."""
 
@@ -61,6 +62,8 @@ class Services:
     async def close(self) -> None:
         await self.ingestor.close()
         await self.outbox.close()
+        if self.send_jobs is not None:
+            await self.send_jobs.close()
         if self.clients is not None:
             await self.clients.close()
         if self.callbacks is not None:
@@ -85,7 +88,7 @@ def build_services(config: LeadlineConfig) -> Services:
     services.job_handlers[HANDLER_JOB] = run_handler_job
     services.job_handlers[NOTICE_JOB] = notice_job_handler(services.notice_handlers)
     services.clients = ChannelClients(config)
-    send_jobs = SendJobs(config, db, services.clients)
+    send_jobs = services.send_jobs = SendJobs(config, db, services.clients)
     services.job_handlers[SEND_JOB] = send_jobs.send
     services.job_handlers[MARK_READ_JOB] = send_jobs.mark_read
     services.job_handlers[PROBE_JOB] = probe_job_handler(config)

@@ -8,6 +8,7 @@ hands each job to one worker at a time.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -40,6 +41,7 @@ from leadline.routing.facts import routing_facts
 from leadline.routing.failover import Held, count_failover, fail_over, release_held, schedule_probe
 from leadline.routing.health import (
     Circuit,
+    all_circuits,
     claim_probe,
     failure_kind,
     get_circuit,
@@ -51,6 +53,7 @@ from leadline.store.db import Database, insert_ignoring_duplicates
 from leadline.store.jobs import Job
 from leadline.store.tables import messages
 from leadline.store.timeline import record_timeline
+from leadline.store.writer import BatchWriter
 
 log = structlog.get_logger(__name__)
 
@@ -452,6 +455,93 @@ async def _send(client: MessagingProvider, content: Mapping[str, Any]) -> str:
     )
 
 
+class _SendReads:
+    """Reads the rows of the sends that start together (a claimed batch) in one query, with the circuits.
+
+    The worker starts a batch's handlers at once; each asks for its row before its first real await, so
+    one read after the current loop iteration serves them all instead of a transaction per send.
+    """
+
+    def __init__(self, db: Database):
+        self._db = db
+        self._waiting: dict[str, list[asyncio.Future[tuple[Any, Circuit | None]]]] = {}
+        self._reading: set[asyncio.Task[None]] = set()
+
+    async def read(self, message_id: str) -> tuple[Any, Circuit | None]:
+        """The message's row (None if it does not exist) and its channel's circuit."""
+        loop = asyncio.get_running_loop()
+        if not self._waiting:
+            loop.call_soon(self._start)
+        future: asyncio.Future[tuple[Any, Circuit | None]] = loop.create_future()
+        self._waiting.setdefault(message_id, []).append(future)
+        return await future
+
+    def _start(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        task = asyncio.ensure_future(self._read(waiting))
+        self._reading.add(task)  # held until done: the loop keeps only weak references to tasks
+        task.add_done_callback(self._reading.discard)
+
+    async def _read(self, waiting: dict[str, list[asyncio.Future[tuple[Any, Circuit | None]]]]) -> None:
+        try:
+            async with self._db.read() as conn:
+                rows = {r.id: r for r in await conn.execute(select(messages).where(messages.c.id.in_(waiting)))}
+                circuits = await all_circuits(conn)
+        except Exception as exc:
+            for futures in waiting.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+            return
+        for message_id, futures in waiting.items():
+            row = rows.get(message_id)
+            for future in futures:
+                if not future.done():
+                    future.set_result((row, None if row is None else circuits.get(row.channel)))
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A send the provider accepted, waiting for its answer to be committed."""
+
+    run: JobRun
+    message_id: str
+    provider: str
+    channel: str
+    provider_message_id: str
+    began: datetime
+    now: datetime
+
+
+async def _commit_sent(conn: AsyncConnection, sent: Sequence[_Sent]) -> list[RetryLater | None]:
+    """Commit the answers of every accepted send waiting, each with its job's completion.
+
+    Each send is in a SAVEPOINT: one whose lease was lost (another worker owns its job now) rolls back
+    alone, and its handler raises as it did with a transaction of its own. A channel whose circuit is
+    closed gets one success write for the whole batch (resetting the failure count); an open one is
+    handled per send, as only a send that began after the latest failure may close it.
+    """
+    closed = set()
+    for channel in sorted({s.channel for s in sent}):
+        circuit = await get_circuit(conn, channel)
+        if circuit is None or not circuit.is_open:
+            closed.add(channel)
+            await record_channel_success(conn, channel, max(s.now for s in sent if s.channel == channel))
+    results: list[RetryLater | None] = []
+    for s in sent:
+        try:
+            async with conn.begin_nested():
+                await mark_accepted(conn, s.message_id, s.provider, s.provider_message_id, s.now)
+                if s.channel not in closed and await record_channel_success(conn, s.channel, s.now, sent_since=s.began):
+                    await release_held(conn, now=s.now, channel=s.channel)
+                await s.run.finish(conn)
+        except RetryLater as lost:
+            results.append(lost)
+        else:
+            results.append(None)
+    return results
+
+
 class SendJobs:
     """The job handlers of the outbound path."""
 
@@ -459,13 +549,16 @@ class SendJobs:
         self.config = config
         self.db = db
         self.clients = clients
+        self._reads = _SendReads(db)
+        self._sent: BatchWriter[_Sent, RetryLater | None] = BatchWriter(db.url, _commit_sent, name="sent")
+
+    async def close(self) -> None:
+        await self._sent.close()
 
     async def send(self, job: Job, run: JobRun) -> None:
         """Send one queued message; a channel whose circuit is open is not tried (but for its one probe)."""
         message_id = job.payload["message_id"]
-        async with self.db.read() as conn:
-            row = (await conn.execute(select(messages).where(messages.c.id == message_id))).first()
-            circuit = None if row is None else await get_circuit(conn, row.channel)
+        row, circuit = await self._reads.read(message_id)
         if row is None or row.status != DeliveryStatus.QUEUED.value:
             return  # already sent, ended or held: a retried or re-claimed job must not send twice
         began = run.now()
@@ -479,12 +572,10 @@ class SendJobs:
         except ProviderError as error:
             await self._failed(job, run, row, error)
             return
-        now = run.now()
-        async with self.db.transaction() as conn:
-            await mark_accepted(conn, message_id, row.provider, provider_message_id, now)
-            if await record_channel_success(conn, row.channel, now, sent_since=began):
-                await release_held(conn, now=now, channel=row.channel)
-            await run.finish(conn)
+        sent = _Sent(run, row.id, row.provider, row.channel, provider_message_id, began, run.now())
+        lost = await self._sent.submit(sent)
+        if lost is not None:
+            raise lost
 
     async def _claimed_probe(self, channel: str, circuit: Circuit, now: datetime) -> bool:
         """Whether this send is the open circuit's probe (due, and no other sender took it first)."""
