@@ -8,6 +8,7 @@ the stub's own ceiling (an aiohttp client hammering it directly, same concurrenc
 one has reached ``accepted``.
 
     .venv/bin/python bench/outbound.py [--messages 5000] [--concurrency 64] [--workers 0] [--batch-size 100]
+        [--no-serve-worker]
 
 Each message goes to its own customer (one lead's messages are sent one after the other, by design),
 whose 24-hour window a webhook opened before the clock starts. A run of the defaults takes under a minute
@@ -233,6 +234,7 @@ async def main(args: argparse.Namespace) -> None:
                     str(config),
                     "--port",
                     str(port),
+                    *(["--no-worker"] if args.no_serve_worker else []),
                     env=env,
                     stdout=asyncio.subprocess.DEVNULL,
                 )
@@ -261,7 +263,8 @@ async def main(args: argparse.Namespace) -> None:
 
     print(
         f"outbound, {args.messages} messages, {args.concurrency} in flight, {os.cpu_count()} cores, "
-        f"in-process worker + {args.workers} worker process(es), batch {args.batch_size}, SQLite, rate limit off"
+        f"{'no' if args.no_serve_worker else 'in-process'} worker + {args.workers} worker process(es), "
+        f"batch {args.batch_size}, SQLite, rate limit off"
     )
     print(f"{'measure':<44}{'per second':>12}")
     print(f"{'stub ceiling (aiohttp client -> stub)':<44}{ceiling:>12,.0f}")
@@ -276,4 +279,7 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--workers", type=int, default=0, help="extra `leadline worker` processes")
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument(
+        "--no-serve-worker", action="store_true", help="sends only by the --workers processes, not by `leadline serve`"
+    )
     asyncio.run(main(parser.parse_args()))

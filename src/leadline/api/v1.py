@@ -17,7 +17,8 @@ from leadline.media.records import MediaState, get_media
 from leadline.store import queries
 
 
-def services_of(request: Request) -> Services:
+async def services_of(request: Request) -> Services:
+    # async: FastAPI runs a plain ``def`` dependency on its thread pool, a thread hop on every request.
     services: Services = request.app.state.services
     return services
 
@@ -29,7 +30,7 @@ async def require_api_key(request: Request) -> str:
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(401, "unauthorized", "send an API key as 'Authorization: Bearer <key>'")
     digest = hash_api_key(key.strip())
-    services = services_of(request)
+    services = await services_of(request)
     for configured in services.config.settings.api_keys:
         if configured.key_sha256 == digest:
             return configured.name
