@@ -49,6 +49,8 @@ __all__ = [
     "CutoverError",
     "CutoverStatus",
     "Drain",
+    "Finished",
+    "Started",
     "StillDraining",
     "cutover_status",
     "draining_threads",
@@ -109,10 +111,10 @@ class StillDraining(CutoverError):
     code = "threads_draining"
 
     def __init__(self, channel: str, drain: Drain):
-        when = f"; drained by {drain.drains_at.isoformat()}" if drain.drains_at else ""
+        when = f", all drained by {drain.drains_at:%Y-%m-%d %H:%M} UTC" if drain.drains_at else ""
         super().__init__(
-            f"{drain.count} thread(s) are still draining on {channel}{when}: finishing now would move them "
-            "mid-conversation (force it to finish anyway)"
+            f"{drain.count} thread(s) are still draining on {channel}{when}: finish once they have drained "
+            "(leadline cutover status), or force it"
         )
         self.drain = drain
 
