@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from leadline.cli import app as cli_app
 from leadline.config import RoutingConfig
-from leadline.routing.health import FailureKind, get_circuit, record_channel_failure
+from leadline.routing.health import FailureKind, get_circuit, record_channel_failure, record_channel_success
 from leadline.store.db import Database
 from leadline.templates.definitions import SourcedDefinition, TemplateDefinition
 from leadline.templates.sync import define_templates, submit_templates, sync_channel
@@ -439,3 +439,28 @@ async def test_concurrent_failures_open_the_circuit_once_and_lose_no_count(db: D
         circuit = await get_circuit(conn, "meta-main")
     assert circuit is not None
     assert (circuit.state, circuit.consecutive_failures, circuit.opened_at) == ("open", 12, now)
+
+
+async def test_only_a_send_begun_after_the_latest_failure_closes_an_open_circuit(db: Database) -> None:
+    config = RoutingConfig(failure_threshold=3, probe_after_seconds=30)
+    failed_at = datetime.fromisoformat("2026-01-01T12:00:00+00:00")
+    async with db.transaction() as conn:
+        await record_channel_failure(
+            conn, "meta-main", kind=FailureKind.ACCOUNT, code="131042", message="payment", now=failed_at, config=config
+        )
+        answered_at = failed_at + timedelta(seconds=1)
+        unknown_start = await record_channel_success(conn, "meta-main", answered_at)
+        in_flight = await record_channel_success(
+            conn, "meta-main", answered_at, sent_since=failed_at - timedelta(seconds=1)
+        )
+        still_open = await get_circuit(conn, "meta-main")
+        probe = await record_channel_success(conn, "meta-main", answered_at, sent_since=failed_at)
+        closed = await get_circuit(conn, "meta-main")
+
+    assert (unknown_start, in_flight, probe) == (False, False, True)
+    assert still_open is not None and still_open.is_open
+    assert closed is not None and (closed.state, closed.consecutive_failures, closed.next_probe_at) == (
+        "closed",
+        0,
+        None,
+    )

@@ -188,30 +188,34 @@ async def record_channel_success(
 ) -> bool:
     """A send on ``channel`` was accepted: reset the count, and close the circuit if it was open.
 
-    ``sent_since``: when that send began. A send that began before the channel's latest failure (it was in
-    flight when the circuit opened) does not close it; a probe always began after. Returns whether this
-    closed an open circuit.
+    ``sent_since``: when that send began. Only a send known to have begun at or after the channel's latest
+    failure closes an open circuit (a probe always did); one that was in flight when the circuit opened, or
+    whose start is not given, leaves it open. Returns whether this closed an open circuit.
     """
     await _ensure_row(conn, channel, now)
     c = channel_health.c
-    began = sent_since or now
-    closing = await conn.execute(
-        update(channel_health)
-        .where(c.channel == channel, c.state == OPEN, or_(c.last_failure_at.is_(None), c.last_failure_at <= began))
-        .values(
-            state=CLOSED,
-            consecutive_failures=0,
-            last_success_at=now,
-            opened_at=None,
-            next_probe_at=None,
-            updated_at=now,
+    if sent_since is not None:
+        closing = await conn.execute(
+            update(channel_health)
+            .where(
+                c.channel == channel,
+                c.state == OPEN,
+                or_(c.last_failure_at.is_(None), c.last_failure_at <= sent_since),
+            )
+            .values(
+                state=CLOSED,
+                consecutive_failures=0,
+                last_success_at=now,
+                opened_at=None,
+                next_probe_at=None,
+                updated_at=now,
+            )
+            .returning(c.channel)
         )
-        .returning(c.channel)
-    )
-    if closing.first() is not None:
-        CIRCUIT_CLOSINGS.labels(channel=channel).inc()
-        log.info("circuit_closed", channel=channel)
-        return True
+        if closing.first() is not None:
+            CIRCUIT_CLOSINGS.labels(channel=channel).inc()
+            log.info("circuit_closed", channel=channel)
+            return True
     await conn.execute(
         update(channel_health)
         .where(c.channel == channel, c.state != OPEN)
