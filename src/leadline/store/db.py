@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import threading
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import orjson
 from sqlalchemy import Table, create_engine, event
@@ -27,6 +29,9 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 10):
         self.url = url
+        self._lock_path: str | None = None
+        self._lock_file: IO[bytes] | None = None
+        self._thread_lock = threading.Lock()
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite":
@@ -34,6 +39,8 @@ class Database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             self.engine: AsyncEngine = create_async_engine(url, connect_args={"timeout": 30}, json_serializer=_dumps)
             _configure_sqlite(self.engine)
+            if parsed.database and parsed.database != ":memory:":
+                self._lock_path = f"{parsed.database}.writer-lock"
         elif self.dialect == "postgresql":
             self.engine = create_async_engine(
                 url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, json_serializer=_dumps
@@ -43,11 +50,51 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
+        async with self._writer_turn(), self.engine.connect() as conn:
             if self.dialect == "sqlite":
                 conn = await conn.execution_options(sqlite_begin="IMMEDIATE")
             async with conn.begin():
                 yield conn
+
+    @asynccontextmanager
+    async def _writer_turn(self) -> AsyncIterator[None]:
+        """On a SQLite file, wait for the writer lock the group-commit writers (DirectSQLite) queue on.
+
+        Without it a transaction here meets a writer thread that holds SQLite's lock almost all the time,
+        and SQLite's busy handler polls for it with sleeps of up to 100 ms: a worker's claim would wait
+        behind every batch. Waiting on the same ``flock`` queues it in the kernel instead.
+        """
+        if self._lock_path is None:
+            yield
+            return
+        acquiring = asyncio.ensure_future(asyncio.to_thread(self._lock_writer))
+        try:
+            await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            # The thread still takes the lock: give it back once it has.
+            acquiring.add_done_callback(lambda done: self._unlock_writer() if not done.exception() else None)
+            raise
+        try:
+            yield
+        finally:
+            self._unlock_writer()
+
+    def _lock_writer(self) -> None:
+        # One holder per process (a flock is shared by everything using the same open file), then the file.
+        self._thread_lock.acquire()
+        try:
+            if self._lock_file is None:
+                assert self._lock_path is not None
+                self._lock_file = open(self._lock_path, "a+b")  # noqa: SIM115 - held for the engine's life
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def _unlock_writer(self) -> None:
+        assert self._lock_file is not None
+        fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._thread_lock.release()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -61,6 +108,9 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
 
 class DirectConnection:
