@@ -321,6 +321,21 @@ async def test_free_form_reply_in_a_meta_only_window_is_held_listed_and_released
     assert [s.split(":")[0] for s in statuses] == ["held", "released", "accepted"]
 
 
+async def test_reply_sent_while_the_only_open_window_is_on_a_dead_channel_is_accepted_and_held(world: World) -> None:
+    await world.inbound("meta", "Hola")
+    first = await world.send(text="Un momento, por favor")
+    await meta_payment_problem(world)
+    await world.drain()  # the first reply opens Meta's circuit and is held
+
+    second = await world.send(text="¿Sigues ahí?")  # accepted, not refused with needs_template
+    await world.drain()
+
+    message = await world.message(second)
+    assert (message["channel"], message["status"]) == ("meta-main", "held")
+    assert sorted(m["id"] for m in await held(world)) == sorted([first, second])
+    assert await world.provider_requests("twilio") == []
+
+
 async def test_a_failed_probe_reopens_the_circuit_with_a_new_next_probe_at(world: World) -> None:
     await world.inbound("meta", "Hola")
     message_id = await world.send(text="Tu pedido sale hoy")

@@ -26,7 +26,7 @@ from leadline.config import ChannelConfig, LeadlineConfig
 from leadline.domain.ids import new_id
 from leadline.domain.messages import DeliveryStatus
 from leadline.domain.phones import InvalidPhoneNumber, to_e164
-from leadline.domain.routing import NoRoute, decide_channel
+from leadline.domain.routing import ChannelState, NoRoute, RoutingDecision, decide_channel
 from leadline.domain.timeline import TimelineKind
 from leadline.domain.window import window_is_open
 from leadline.metrics import ROUTING_DECISIONS
@@ -214,9 +214,10 @@ async def accept_outbound(
     except NoRoute as exc:
         raise OutboundRefused(422, exc.code, exc.message) from None
     windows = facts.threads.last_inbound
-    channel = config.channel(decision.channel)
-
     body: OutboundBody = request.body
+    if not isinstance(body, TemplateBody) and not window_is_open(windows.get(decision.channel), now):
+        decision = _stay_on_dead_thread(decision, facts.channels, windows, now)
+    channel = config.channel(decision.channel)
     window_open = window_is_open(windows.get(channel.name), now)
     if not isinstance(body, TemplateBody) and not window_open:
         if request.fallback_template is None:
@@ -296,6 +297,24 @@ async def accept_outbound(
     )
     ROUTING_DECISIONS.labels(decision.channel, decision.reason).inc()
     return Accepted(message_id, lead_id, channel.name, DeliveryStatus.QUEUED.value, created=True)
+
+
+def _stay_on_dead_thread(
+    decision: RoutingDecision, channels: Sequence[ChannelState], windows: Mapping[str, datetime], now: datetime
+) -> RoutingDecision:
+    """A free-form reply whose only open window is on a channel that is down cannot move as it is.
+
+    It is accepted on that channel all the same, and the send path treats it as every message on an open
+    circuit: held until the channel is back, or converted to the re-engagement template (routing.failover),
+    by configuration. Refusing it here would put the outage on the CRM.
+    """
+    down = {c.name for c in channels if not c.healthy}
+    stranded = sorted(
+        ((at, name) for name, at in windows.items() if name in down and window_is_open(at, now)), reverse=True
+    )
+    if not stranded:
+        return decision
+    return RoutingDecision(stranded[0][1], "thread_in_flight_channel_down", decision.passed_over)
 
 
 async def _provider_reply_id(conn: AsyncConnection, reply_to: str | None, channel: ChannelConfig) -> str | None:
