@@ -51,7 +51,24 @@ CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("name with a dash", {"name": "order-update"}, "name", "lowercase letters, digits and underscores"),
     ("name too long", {"name": "a" * 513}, "name", "at most 512"),
     ("unknown language code", {"language": "spanish"}, "language", "not a WhatsApp language code"),
-    ("authentication category", {"category": "AUTHENTICATION"}, "category", "does not define them yet"),
+    (
+        "security recommendation outside authentication",
+        {"security_recommendation": True},
+        "security_recommendation",
+        "AUTHENTICATION templates only",
+    ),
+    (
+        "code expiration outside authentication",
+        {"code_expiration_minutes": 5},
+        "code_expiration_minutes",
+        "AUTHENTICATION templates only",
+    ),
+    (
+        "otp button outside authentication",
+        {"buttons": [{"type": "otp"}]},
+        "buttons[0].type",
+        "AUTHENTICATION templates only",
+    ),
     ("empty body", {"body": {"text": "  "}}, "body.text", "is empty"),
     ("body too long", {"body": {"text": "x" * 1025}}, "body.text", "at most 1024"),
     (

@@ -3,7 +3,9 @@
 Routes, relative to the sandbox root:
 
 - ``POST /meta/{version}/{waba_id}/message_templates``: create; PENDING at once, and a second
-  template of the same name and language is refused as Meta does (code 100, subcode 2388024).
+  template of the same name and language is refused as Meta does (code 100, subcode 2388024). An
+  AUTHENTICATION template is refused without exactly one OTP button, with body text or a header, or
+  with a code expiration outside 1 to 90 minutes.
 - ``GET /meta/{version}/{waba_id}/message_templates``: list (``name``, ``status``, ``limit``,
   ``after``), with Graph paging.
 - ``POST /twilio/v1/Content``, ``GET /twilio/v1/Content``, ``GET /twilio/v2/ContentAndApprovals``,
@@ -221,6 +223,8 @@ class TemplatesFake:
             isinstance(c, dict) and str(c.get("type")).upper() == "BODY" for c in components
         ):
             return graph_error_response(400, 100, "Invalid parameter", details="A BODY component is required.")
+        if category == "AUTHENTICATION" and (problem := _authentication_problem(components)):
+            return graph_error_response(400, 100, "Invalid parameter", details=problem)
         if any(
             t.provider == "meta" and t.account == waba_id and t.name == name and t.language == language
             for t in self.templates
@@ -504,6 +508,27 @@ class TemplatesFake:
                 }
             )
         return web.json_response({"decided": decided})
+
+
+def _authentication_problem(components: list[Any]) -> str | None:
+    """What Meta would refuse in an AUTHENTICATION template's components (its text is WhatsApp's own,
+    it has one OTP button, and its code expires after 1 to 90 minutes)."""
+    by_type = {str(c.get("type")).upper(): c for c in components if isinstance(c, dict)}
+    if "text" in by_type.get("BODY", {}) or "HEADER" in by_type:
+        return "Authentication templates take no body text and no header."
+    minutes = by_type.get("FOOTER", {}).get("code_expiration_minutes")
+    if minutes is not None and not (isinstance(minutes, int) and 1 <= minutes <= 90):
+        return "code_expiration_minutes must be from 1 to 90."
+    buttons = by_type.get("BUTTONS", {}).get("buttons")
+    if not (
+        isinstance(buttons, list)
+        and len(buttons) == 1
+        and isinstance(buttons[0], dict)
+        and str(buttons[0].get("type")).upper() == "OTP"
+        and str(buttons[0].get("otp_type")).upper() in ("COPY_CODE", "ONE_TAP", "ZERO_TAP")
+    ):
+        return "Authentication templates need one OTP button."
+    return None
 
 
 def _is_pending(template: SandboxTemplate) -> bool:

@@ -10,10 +10,15 @@ variable of a template has a *slot key*, the name a caller gives its value under
 
 - body variables: their own name (``"1"``, ``"first_name"``);
 - the header variable (or the media of a media header): ``"header"``;
-- the variable at the end of URL button ``i`` (counted from 0 among all buttons): ``"button.<i>"``.
+- the variable at the end of URL button ``i`` (counted from 0 among all buttons): ``"button.<i>"``;
+- the one-time password of an AUTHENTICATION template: ``"code"`` (its only variable).
 
 Given as a list instead, values fill the slots in :func:`variable_slots` order: body variables, then
 the header, then URL buttons.
+
+An AUTHENTICATION template has a body chosen by WhatsApp (:data:`AUTHENTICATION_BODY`, translated
+into the template's language), which leadline fills in when it is left out; what an author chooses is
+``security_recommendation``, ``code_expiration_minutes`` and one :class:`OtpButton`.
 """
 
 from __future__ import annotations
@@ -35,6 +40,14 @@ TEMPLATE_FILE_SUFFIXES = (".yaml", ".yml", ".toml")
 
 VARIABLE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 """A ``{{...}}`` placeholder; what is inside is checked by validation."""
+
+AUTHENTICATION_BODY = "{{1}} is your verification code."
+"""The body WhatsApp gives every AUTHENTICATION template (in English; WhatsApp translates it)."""
+SECURITY_RECOMMENDATION = "For your security, do not share this code."
+"""Added to the body by ``security_recommendation: true``."""
+CODE_EXPIRATION_FOOTER = "This code expires in {minutes} minutes."
+"""The footer ``code_expiration_minutes`` adds."""
+CODE_SLOT = "code"
 
 
 class Category(enum.StrEnum):
@@ -103,7 +116,23 @@ class PhoneButton(_Model):
     phone_number: str
 
 
-Button = Annotated[QuickReplyButton | UrlButton | PhoneButton, Field(discriminator="type")]
+class OtpButton(_Model):
+    """The one-time-password button of an AUTHENTICATION template: copy code, or one-tap autofill on
+    Android (which falls back to copy code when the app's handshake did not happen)."""
+
+    type: Literal["otp"] = "otp"
+    otp_type: Literal["copy_code", "one_tap"] = "copy_code"
+    text: str = "Copy code"
+    """The copy code button's label."""
+    autofill_text: str | None = None
+    """one_tap: the autofill button's label (WhatsApp's own when absent)."""
+    package_name: str | None = None
+    """one_tap: the Android app's package name (``com.example.app``)."""
+    signature_hash: str | None = None
+    """one_tap: the app's 11-character signing key hash."""
+
+
+Button = Annotated[QuickReplyButton | UrlButton | PhoneButton | OtpButton, Field(discriminator="type")]
 
 
 class TemplateDefinition(_Model):
@@ -114,6 +143,11 @@ class TemplateDefinition(_Model):
     body: Body
     footer: str | None = None
     buttons: list[Button] = Field(default_factory=list)
+    security_recommendation: bool | None = None
+    """AUTHENTICATION only: add "For your security, do not share this code." to the body."""
+    code_expiration_minutes: int | None = None
+    """AUTHENTICATION only: the footer "This code expires in N minutes." (1 to 90); the button stops
+    working after that long."""
 
     @model_validator(mode="before")
     @classmethod
@@ -122,7 +156,13 @@ class TemplateDefinition(_Model):
             data = {**data, "body": {"text": data["body"]}}
         if isinstance(data, dict) and isinstance(data.get("category"), str):
             data = {**data, "category": data["category"].upper()}
+        if isinstance(data, dict) and data.get("category") == Category.AUTHENTICATION and "body" not in data:
+            data = {**data, "body": {"text": AUTHENTICATION_BODY}}
         return data
+
+    @property
+    def is_authentication(self) -> bool:
+        return self.category is Category.AUTHENTICATION
 
     @property
     def key(self) -> str:
@@ -180,6 +220,9 @@ class Slot:
 
 def variable_slots(definition: TemplateDefinition) -> list[Slot]:
     """Every value a send of this template takes, in positional order."""
+    if definition.is_authentication:
+        # One value, the code: WhatsApp's fixed body shows it and the OTP button copies (or fills) it.
+        return [Slot(CODE_SLOT, "body", "1")]
     slots = [
         Slot(name, "body", name, example=definition.body.examples.get(name)) for name in body_variables(definition)
     ]

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 from leadline.providers.base import TemplateSend
 from leadline.templates.definitions import (
+    CODE_EXPIRATION_FOOTER,
+    SECURITY_RECOMMENDATION,
     Problem,
     Slot,
     TemplateDefinition,
@@ -87,7 +89,17 @@ def _value_problem(slot: Slot, value: object) -> str | None:
 
 
 def render_text(definition: TemplateDefinition, values: Mapping[str, str]) -> str:
-    """The text the customer reads: header text, body and footer, variables filled in."""
+    """The text the customer reads: header text, body and footer, variables filled in.
+
+    For an AUTHENTICATION template, WhatsApp's English text (the customer reads it in the template's
+    language): ``123456 is your verification code.``, the security recommendation and the expiration."""
+    if definition.is_authentication:
+        text = substitute(definition.body.text, {"1": values[variable_slots(definition)[0].key]})
+        if definition.security_recommendation:
+            text = f"{text} {SECURITY_RECOMMENDATION}"
+        if definition.code_expiration_minutes is not None:
+            text += "\n" + CODE_EXPIRATION_FOOTER.format(minutes=definition.code_expiration_minutes)
+        return text
     body_values = {slot.name: values[slot.key] for slot in variable_slots(definition) if slot.component == "body"}
     parts: list[str] = []
     if isinstance(definition.header, TextHeader):

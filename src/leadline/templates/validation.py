@@ -12,6 +12,11 @@ The limits are Meta's (Twilio submits to the same WhatsApp review):
 - buttons: at most 10, quick replies next to each other, at most 2 URL buttons and 1 phone button,
   text at most 25 characters; a URL may end with one variable and nothing else may be variable;
 - every variable has an example, and no example is given for a variable that does not exist.
+
+An AUTHENTICATION template follows WhatsApp's own rules instead: no body of its own (WhatsApp's
+``<code> is your verification code.`` is used), no header and no footer text, exactly one
+one-time-password button (one-tap needs the Android package name and signature hash), and a code
+expiration, when given, of 1 to 90 minutes. Other templates may not use those.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import re
 from collections.abc import Callable
 
 from leadline.templates.definitions import (
+    AUTHENTICATION_BODY,
     VARIABLE,
-    Category,
     MediaHeader,
+    OtpButton,
     PhoneButton,
     Problem,
     QuickReplyButton,
@@ -43,6 +49,9 @@ PHONE_BUTTONS_MAX = 1
 BUTTON_TEXT_MAX = 25
 URL_MAX = 2000
 PHONE_NUMBER_MAX = 20
+CODE_EXPIRATION_MIN = 1
+CODE_EXPIRATION_MAX = 90
+SIGNATURE_HASH_LENGTH = 11
 
 _NAME = re.compile(r"[a-z0-9_]+")
 _LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
@@ -51,6 +60,7 @@ _POSITIONAL_VARIABLE = re.compile(r"[1-9][0-9]*")
 _ADJACENT = re.compile(r"\}\}\s*\{\{")
 _ENDS_WITH_VARIABLE = re.compile(r"\{\{[^{}]*\}\}$")
 _PHONE = re.compile(r"\+[1-9][0-9]{5,18}")
+_PACKAGE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
 
 
 def validate_template(definition: TemplateDefinition) -> list[Problem]:
@@ -63,12 +73,13 @@ def validate_template(definition: TemplateDefinition) -> list[Problem]:
     _check_name(definition, problem)
     if not _LANGUAGE.fullmatch(definition.language):
         problem("language", f"{definition.language!r} is not a WhatsApp language code such as en, en_US or es_MX")
-    if definition.category is Category.AUTHENTICATION:
-        problem(
-            "category",
-            "AUTHENTICATION templates have a text fixed by WhatsApp and a one-time-password button; "
-            "leadline does not define them yet",
-        )
+    if definition.is_authentication:
+        _check_authentication(definition, problem)
+        return problems
+    if definition.security_recommendation is not None:
+        problem("security_recommendation", "is for AUTHENTICATION templates only")
+    if definition.code_expiration_minutes is not None:
+        problem("code_expiration_minutes", "is for AUTHENTICATION templates only")
     _check_body(definition, problem)
     _check_header(definition, problem)
     _check_footer(definition, problem)
@@ -194,6 +205,8 @@ def _check_buttons(definition: TemplateDefinition, problem: _Report) -> None:
         problem("buttons", "quick reply buttons must be next to each other, not split by URL or phone buttons")
     for index, button in enumerate(buttons):
         where = f"buttons[{index}]"
+        if isinstance(button, OtpButton):
+            problem(f"{where}.type", "one-time-password buttons are for AUTHENTICATION templates only")
         if not button.text.strip():
             problem(f"{where}.text", "is empty")
         if len(button.text) > BUTTON_TEXT_MAX:
@@ -226,3 +239,54 @@ def _check_url_button(where: str, button: UrlButton, problem: _Report) -> None:
             problem(f"{where}.example", "the URL's variable needs an example value")
     elif button.example is not None:
         problem(f"{where}.example", "the URL has no variable to give an example for")
+
+
+def _check_authentication(definition: TemplateDefinition, problem: _Report) -> None:
+    if definition.body.text != AUTHENTICATION_BODY or definition.body.examples:
+        problem(
+            "body",
+            f"an AUTHENTICATION template's body is fixed by WhatsApp ({AUTHENTICATION_BODY!r}); leave it out",
+        )
+    if isinstance(definition.header, MediaHeader):
+        problem("header", "an AUTHENTICATION template may not have a media header")
+    elif definition.header is not None:
+        problem("header", "an AUTHENTICATION template may not have a header")
+    if definition.footer is not None:
+        problem("footer", "an AUTHENTICATION template's footer is set by code_expiration_minutes, not written")
+    minutes = definition.code_expiration_minutes
+    if minutes is not None and not CODE_EXPIRATION_MIN <= minutes <= CODE_EXPIRATION_MAX:
+        problem(
+            "code_expiration_minutes",
+            f"is {minutes}; from {CODE_EXPIRATION_MIN} to {CODE_EXPIRATION_MAX} minutes",
+        )
+    otp = [b for b in definition.buttons if isinstance(b, OtpButton)]
+    if len(definition.buttons) != 1 or len(otp) != 1:
+        problem(
+            "buttons",
+            f"an AUTHENTICATION template has exactly one one-time-password button (type: otp), "
+            f"not {len(otp)} among {len(definition.buttons)} buttons",
+        )
+    for index, button in enumerate(definition.buttons):
+        if isinstance(button, OtpButton):
+            _check_otp_button(f"buttons[{index}]", button, problem)
+
+
+def _check_otp_button(where: str, button: OtpButton, problem: _Report) -> None:
+    for label, text in (("text", button.text), ("autofill_text", button.autofill_text)):
+        if text is None:
+            continue
+        if not text.strip():
+            problem(f"{where}.{label}", "is empty")
+        if len(text) > BUTTON_TEXT_MAX:
+            problem(f"{where}.{label}", f"is {len(text)} characters long; at most {BUTTON_TEXT_MAX}")
+        if variables_in(text):
+            problem(f"{where}.{label}", "may not hold variables")
+    if button.otp_type == "copy_code":
+        for label in ("autofill_text", "package_name", "signature_hash"):
+            if getattr(button, label) is not None:
+                problem(f"{where}.{label}", "is for one_tap buttons only")
+        return
+    if button.package_name is None or not _PACKAGE_NAME.fullmatch(button.package_name):
+        problem(f"{where}.package_name", "one_tap needs the Android app's package name, such as com.example.app")
+    if button.signature_hash is None or len(button.signature_hash) != SIGNATURE_HASH_LENGTH:
+        problem(f"{where}.signature_hash", f"one_tap needs the app's {SIGNATURE_HASH_LENGTH}-character signature hash")

@@ -5,6 +5,11 @@
 - ``GET /{waba-id}/message_templates`` lists them, page by page (``paging.next``).
 - Sends name the template and fill ``{{1}}``... positionally, or by ``parameter_name`` for templates
   created with ``parameter_format: NAMED``.
+- AUTHENTICATION templates are created from options, not text: BODY ``add_security_recommendation``,
+  FOOTER ``code_expiration_minutes``, BUTTONS ``[{"type": "OTP", "otp_type": "COPY_CODE"|"ONE_TAP",
+  ...}]`` (Meta's "copy code" and "one-tap autofill" authentication template pages). A send gives the
+  code twice: as the body parameter and as the parameter of the button (``sub_type: url``, index 0),
+  since Meta stores the OTP button as a URL button.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from leadline.templates.definitions import (
     Button,
     Header,
     MediaHeader,
+    OtpButton,
     PhoneButton,
     QuickReplyButton,
     TemplateDefinition,
@@ -150,6 +156,8 @@ def _json(answer: HttpAnswer) -> dict[str, Any]:
 
 def meta_template_request(definition: TemplateDefinition) -> dict[str, Any]:
     """The body of ``POST /{waba-id}/message_templates``."""
+    if definition.is_authentication:
+        return _authentication_request(definition)
     named = is_named(definition)
     components: list[dict[str, Any]] = []
     if definition.header is not None:
@@ -179,6 +187,33 @@ def meta_template_request(definition: TemplateDefinition) -> dict[str, Any]:
     return request
 
 
+def _authentication_request(definition: TemplateDefinition) -> dict[str, Any]:
+    components: list[dict[str, Any]] = [
+        {"type": "BODY", "add_security_recommendation": bool(definition.security_recommendation)}
+    ]
+    if definition.code_expiration_minutes is not None:
+        components.append({"type": "FOOTER", "code_expiration_minutes": definition.code_expiration_minutes})
+    components.append(
+        {"type": "BUTTONS", "buttons": [_otp_button(b) for b in definition.buttons if isinstance(b, OtpButton)]}
+    )
+    return {
+        "name": definition.name,
+        "language": definition.language,
+        "category": definition.category.value,
+        "components": components,
+    }
+
+
+def _otp_button(button: OtpButton) -> dict[str, Any]:
+    result: dict[str, Any] = {"type": "OTP", "otp_type": button.otp_type.upper(), "text": button.text}
+    if button.otp_type == "one_tap":
+        if button.autofill_text is not None:
+            result["autofill_text"] = button.autofill_text
+        result["package_name"] = button.package_name
+        result["signature_hash"] = button.signature_hash
+    return result
+
+
 def _header_component(definition: TemplateDefinition, named: bool) -> dict[str, Any]:
     header = definition.header
     if isinstance(header, MediaHeader):
@@ -201,6 +236,8 @@ def _header_component(definition: TemplateDefinition, named: bool) -> dict[str, 
 
 
 def _button(button: Button) -> dict[str, Any]:
+    if isinstance(button, OtpButton):
+        return _otp_button(button)
     if isinstance(button, QuickReplyButton):
         return {"type": "QUICK_REPLY", "text": button.text}
     if isinstance(button, PhoneButton):
@@ -216,6 +253,15 @@ def meta_template_send(
     definition: TemplateDefinition, values: Mapping[str, str], provider_template_id: str | None
 ) -> TemplateSend:
     """The send of ``definition`` with ``values`` (one per slot key, already checked)."""
+    if definition.is_authentication:
+        code = values[variable_slots(definition)[0].key]
+        return TemplateSend(
+            name=definition.name,
+            language=definition.language,
+            body_parameters=(code,),
+            buttons=({"sub_type": "url", "index": "0", "text": code},),
+            provider_template_id=provider_template_id,
+        )
     slots = variable_slots(definition)
     named = is_named(definition)
     body = [s for s in slots if s.component == "body"]

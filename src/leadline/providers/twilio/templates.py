@@ -7,6 +7,10 @@
   header's, then each URL button's, in :func:`~leadline.templates.definitions.variable_slots` order;
   sends fill ContentVariables with the same numbers.
 - A media header is fixed in the content (its ``url``); a send cannot change it.
+- An AUTHENTICATION template is a ``whatsapp/authentication`` content: ``add_security_recommendation``,
+  ``code_expiration_minutes`` and one ``COPY_CODE`` action with its ``copy_code_text`` (Twilio's
+  whatsapp/authentication page); the code is sent as ContentVariables ``{"1": code}``. Twilio offers
+  no one-tap action there, so a one-tap template is refused rather than approved as something else.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from leadline.templates.definitions import (
     VARIABLE,
     Button,
     MediaHeader,
+    OtpButton,
     PhoneButton,
     QuickReplyButton,
     TemplateDefinition,
@@ -172,6 +177,8 @@ def _renumber(text: str, numbers: Mapping[str, str]) -> str:
 
 def twilio_content_request(definition: TemplateDefinition) -> dict[str, Any]:
     """The body of ``POST /v1/Content`` (the B6 mapping table)."""
+    if definition.is_authentication:
+        return _authentication_content(definition)
     numbers = content_variable_numbers(definition)
     slots = variable_slots(definition)
     body_numbers = {s.name: numbers[s.key] for s in slots if s.component == "body"}
@@ -214,11 +221,37 @@ def twilio_content_request(definition: TemplateDefinition) -> dict[str, Any]:
     }
 
 
+def _authentication_content(definition: TemplateDefinition) -> dict[str, Any]:
+    actions: list[dict[str, Any]] = []
+    for button in definition.buttons:
+        if not isinstance(button, OtpButton):
+            continue
+        if button.otp_type != "copy_code":
+            raise ProviderError(
+                ErrorClass.BAD_REQUEST,
+                "unsupported_otp_button",
+                f"template {definition.key}: Twilio's whatsapp/authentication has copy code buttons only, "
+                f"not {button.otp_type}",
+            )
+        actions.append({"type": "COPY_CODE", "copy_code_text": button.text})
+    content: dict[str, Any] = {"add_security_recommendation": bool(definition.security_recommendation)}
+    if definition.code_expiration_minutes is not None:
+        content["code_expiration_minutes"] = definition.code_expiration_minutes
+    content["actions"] = actions
+    return {
+        "friendly_name": definition.name,
+        "language": definition.language,
+        "types": {"whatsapp/authentication": content},
+    }
+
+
 def _action(button: Button, index: int, numbers: Mapping[str, str]) -> dict[str, Any]:
     if isinstance(button, QuickReplyButton):
         return {"type": "QUICK_REPLY", "title": button.text, "id": button.payload or button.text}
     if isinstance(button, PhoneButton):
         return {"type": "PHONE_NUMBER", "title": button.text, "phone": button.phone_number}
+    if isinstance(button, OtpButton):
+        return {"type": "COPY_CODE", "copy_code_text": button.text}
     key = f"button.{index}"
     url = _renumber(button.url, {name: numbers[key] for name in variables_in(button.url)} if key in numbers else {})
     return {"type": "URL", "title": button.text, "url": url}
