@@ -37,7 +37,7 @@ from leadline.pipeline.worker import JobRun, PermanentFailure, RetryLater
 from leadline.providers.base import ErrorClass, MessagingProvider, ProviderError, TemplateSend
 from leadline.providers.http import new_client_session
 from leadline.providers.registry import get_plugin
-from leadline.routing.facts import routing_facts
+from leadline.routing.facts import SharedFacts, routing_facts
 from leadline.routing.failover import Held, count_failover, fail_over, release_held, schedule_probe
 from leadline.routing.health import (
     Circuit,
@@ -179,9 +179,17 @@ async def _existing_by_key(conn: AsyncConnection, key: str, fingerprint: str) ->
 
 
 async def accept_outbound(
-    conn: AsyncConnection, config: LeadlineConfig, request: OutboundRequest, now: datetime
+    conn: AsyncConnection,
+    config: LeadlineConfig,
+    request: OutboundRequest,
+    now: datetime,
+    *,
+    shared: SharedFacts | None = None,
 ) -> Accepted:
-    """Validate, route, check the window, and write message + timeline + send job in ``conn``'s transaction."""
+    """Validate, route, check the window, and write message + timeline + send job in ``conn``'s transaction.
+
+    ``shared``: the routing facts common to every lead, when read earlier in ``conn``'s transaction.
+    """
     try:
         to = to_e164(request.to)
     except InvalidPhoneNumber as exc:
@@ -194,7 +202,7 @@ async def accept_outbound(
 
     lead_by_key, _ = await upsert_contacts(conn, [Contact("to", identities_of("", to), to)], now)
     lead_id = lead_by_key["to"]
-    facts = await routing_facts(conn, config, lead_id, now)
+    facts = await routing_facts(conn, config, lead_id, now, shared)
     approved = None
     if isinstance(request.body, TemplateBody):
         from leadline.templates.service import channels_with_approved
@@ -265,7 +273,7 @@ async def accept_outbound(
             assert existing is not None
             return existing
     else:
-        await conn.execute(messages.insert().values(**row))
+        await conn.execute(messages.insert(), row)  # a fixed statement: compiled once, not per message
 
     await record_timeline(
         conn,

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadline.config import LeadlineConfig
 from leadline.pipeline.outbound import Accepted, OutboundRefused, OutboundRequest, accept_outbound
+from leadline.routing.facts import shared_facts
 from leadline.store.writer import BatchWriter
 
 
@@ -39,10 +40,12 @@ class Outbox:
         self, conn: AsyncConnection, requests: Sequence[tuple[OutboundRequest, datetime]]
     ) -> list[Accepted | OutboundRefused]:
         results: list[Accepted | OutboundRefused] = []
+        # Flags and circuits are read once: no acceptance changes them, and the transaction is shared.
+        shared = await shared_facts(conn, self._config)
         for request, now in requests:
             try:
                 async with conn.begin_nested():
-                    results.append(await accept_outbound(conn, self._config, request, now))
+                    results.append(await accept_outbound(conn, self._config, request, now, shared=shared))
             except OutboundRefused as refused:  # its savepoint is rolled back: nothing of it stored
                 results.append(refused)
         return results

@@ -3,8 +3,10 @@ flags, circuits and threads are shared by every process, so nothing here is cach
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -43,7 +45,14 @@ async def current_flags(conn: AsyncConnection, config: LeadlineConfig) -> Flags:
 
 async def channel_states(conn: AsyncConnection, config: LeadlineConfig, now: datetime) -> list[ChannelState]:
     """Channels that can send, in configuration order; an open circuit is healthy again once its probe is due."""
-    rows = {row.channel: row for row in await conn.execute(select(channel_health))}
+    return _channel_states(config, await _health_rows(conn), now)
+
+
+async def _health_rows(conn: AsyncConnection) -> dict[str, Any]:
+    return {row.channel: row for row in await conn.execute(select(channel_health))}
+
+
+def _channel_states(config: LeadlineConfig, rows: Mapping[str, Any], now: datetime) -> list[ChannelState]:
     states = []
     for channel in config.channels:
         if not channel.can_send:
@@ -71,10 +80,31 @@ async def lead_threads(conn: AsyncConnection, lead_id: str) -> LeadThreads:
     )
 
 
-async def routing_facts(conn: AsyncConnection, config: LeadlineConfig, lead_id: str, now: datetime) -> RoutingFacts:
+@dataclass(frozen=True, slots=True)
+class SharedFacts:
+    """The facts that are the same for every lead: the flags and the circuits, as read in one transaction.
+
+    Read once for a batch of decisions made in one transaction (the outbox's group commit), where they
+    cannot change between one decision and the next.
+    """
+
+    health: Mapping[str, Any]
+    flags: Flags
+
+
+async def shared_facts(conn: AsyncConnection, config: LeadlineConfig) -> SharedFacts:
+    return SharedFacts(health=await _health_rows(conn), flags=await current_flags(conn, config))
+
+
+async def routing_facts(
+    conn: AsyncConnection, config: LeadlineConfig, lead_id: str, now: datetime, shared: SharedFacts | None = None
+) -> RoutingFacts:
+    """``shared``: read earlier in ``conn``'s transaction (see :class:`SharedFacts`); read here when None."""
+    if shared is None:
+        shared = await shared_facts(conn, config)
     return RoutingFacts(
-        channels=await channel_states(conn, config, now),
+        channels=_channel_states(config, shared.health, now),
         threads=await lead_threads(conn, lead_id),
-        flags=await current_flags(conn, config),
+        flags=shared.flags,
         drain_age=timedelta(hours=config.settings.routing.drain_age_hours),
     )
