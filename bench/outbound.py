@@ -183,8 +183,20 @@ def accepted(db_path: Path) -> int:
     return int(row[0])
 
 
-async def end_to_end(url: str, db_path: Path, messages: int, concurrency: int) -> tuple[float, float]:
-    """(sends accepted by the API per second, messages accepted by the provider per second)."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time used so far by these processes (Linux /proc): robust on a shared machine."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def end_to_end(
+    url: str, db_path: Path, messages: int, concurrency: int, pids: list[int]
+) -> tuple[float, float, float]:
+    """(sends accepted by the API per second, messages accepted by the provider per second, leadline's CPU
+    milliseconds per message, over all its processes)."""
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         await wait_until_up(session, url)
@@ -199,6 +211,7 @@ async def end_to_end(url: str, db_path: Path, messages: int, concurrency: int) -
             async with session.post(f"{url}/v1/messages", json=body, headers=headers) as response:
                 assert response.status == 202, await response.text()
 
+        cpu_before = cpu_seconds(pids)
         started = time.perf_counter()
         posting = await run_concurrently(messages, concurrency, post)
         for _ in range(60_000):  # polls for at most 20 minutes
@@ -208,7 +221,8 @@ async def end_to_end(url: str, db_path: Path, messages: int, concurrency: int) -
         else:
             raise RuntimeError("the messages were not all accepted")
         total = time.perf_counter() - started
-    return messages / posting, messages / total
+        cpu_ms = (cpu_seconds(pids) - cpu_before) * 1000 / messages
+    return messages / posting, messages / total, cpu_ms
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -245,8 +259,12 @@ async def main(args: argparse.Namespace) -> None:
                         LEADLINE, "worker", "--config", str(config), env=env, stdout=log, stderr=log
                     )
                 )
-            api_rate, e2e_rate = await end_to_end(
-                f"http://127.0.0.1:{port}", directory / "leadline.db", args.messages, args.concurrency
+            api_rate, e2e_rate, cpu_ms = await end_to_end(
+                f"http://127.0.0.1:{port}",
+                directory / "leadline.db",
+                args.messages,
+                args.concurrency,
+                [p.pid for p in processes],
             )
         except BaseException:
             log.flush()
@@ -271,6 +289,7 @@ async def main(args: argparse.Namespace) -> None:
     print(f"{'POST /v1/messages answered 202':<44}{api_rate:>12,.0f}")
     print(f"{'end to end: accepted by the provider':<44}{e2e_rate:>12,.0f}")
     print(f"{'end to end / stub ceiling':<44}{e2e_rate / ceiling:>12.2f}")
+    print(f"{'leadline CPU ms per message (all processes)':<44}{cpu_ms:>12.2f}")
 
 
 if __name__ == "__main__":
