@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, bindparam, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadline.domain.ids import new_id
@@ -41,22 +42,27 @@ class Contact:
     display_name: str | None = None
 
 
+@cache
+def _identities_query(kinds: tuple[str, ...]) -> Any:
+    # Built once per set of kinds (phone, user), the values bound at execution: building the statement
+    # for every message cost more than running it. (kind, value) pairs as the unique index is ordered, so
+    # every lookup is an index search.
+    c = lead_identities.c
+    matches = (
+        and_(c.kind == kind, c.value.in_(bindparam(f"values_{i}", expanding=True))) for i, kind in enumerate(kinds)
+    )
+    return select(c.kind, c.value, c.lead_id).where(or_(*matches))
+
+
 async def _lead_ids_by_identity(conn: AsyncConnection, keys: set[Identity]) -> dict[Identity, str]:
     if not keys:
         return {}
     by_kind: dict[str, set[str]] = {}
     for kind, value in keys:
         by_kind.setdefault(kind, set()).add(value)
-    # (kind, value) pairs as the unique index is ordered, so every lookup is an index search.
+    kinds = tuple(sorted(by_kind))
     rows = await conn.execute(
-        select(lead_identities.c.kind, lead_identities.c.value, lead_identities.c.lead_id).where(
-            or_(
-                *(
-                    and_(lead_identities.c.kind == kind, lead_identities.c.value.in_(sorted(values)))
-                    for kind, values in sorted(by_kind.items())
-                )
-            )
-        )
+        _identities_query(kinds), {f"values_{i}": sorted(by_kind[kind]) for i, kind in enumerate(kinds)}
     )
     return {(kind, value): lead_id for kind, value, lead_id in rows if (kind, value) in keys}
 

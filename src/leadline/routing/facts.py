@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadline.config import LeadlineConfig
@@ -63,17 +63,20 @@ def _channel_states(config: LeadlineConfig, rows: Mapping[str, Any], now: dateti
     return states
 
 
+# Built once: every outbound message runs both, and building a statement costs more than running it.
+_WINDOWS = select(conversation_windows.c.channel, conversation_windows.c.last_inbound_at).where(
+    conversation_windows.c.lead_id == bindparam("lead_id")
+)
+_ACTIVITY = (
+    select(messages.c.channel, func.max(messages.c.created_at))
+    .where(messages.c.lead_id == bindparam("lead_id"))
+    .group_by(messages.c.channel)
+)
+
+
 async def lead_threads(conn: AsyncConnection, lead_id: str) -> LeadThreads:
-    windows = await conn.execute(
-        select(conversation_windows.c.channel, conversation_windows.c.last_inbound_at).where(
-            conversation_windows.c.lead_id == lead_id
-        )
-    )
-    activity = await conn.execute(
-        select(messages.c.channel, func.max(messages.c.created_at))
-        .where(messages.c.lead_id == lead_id)
-        .group_by(messages.c.channel)
-    )
+    windows = await conn.execute(_WINDOWS, {"lead_id": lead_id})
+    activity = await conn.execute(_ACTIVITY, {"lead_id": lead_id})
     return LeadThreads(
         last_inbound={channel: at for channel, at in windows},
         last_activity={channel: at for channel, at in activity},
