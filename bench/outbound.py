@@ -253,6 +253,10 @@ async def main(args: argparse.Namespace) -> None:
                     stdout=asyncio.subprocess.DEVNULL,
                 )
             )
+            # The workers start once serve has migrated the fresh database: processes that all migrate it at
+            # the same moment can fail with "database is locked" (Alembic's transaction is a deferred one).
+            async with aiohttp.ClientSession() as session:
+                await wait_until_up(session, f"http://127.0.0.1:{port}")
             for _ in range(args.workers):
                 processes.append(
                     await asyncio.create_subprocess_exec(
@@ -271,13 +275,18 @@ async def main(args: argparse.Namespace) -> None:
             print((directory / "leadline.log").read_text()[-6000:], file=sys.stderr)
             raise
         finally:
+            died = [p for p in processes if p.returncode is not None]
             for process in processes:
-                process.send_signal(signal.SIGINT)
+                if process.returncode is None:
+                    process.send_signal(signal.SIGINT)
             for process in processes:
                 await process.wait()
             stub.terminate()
             stub.join()
             log.close()
+            if died:
+                print((directory / "leadline.log").read_text()[-6000:], file=sys.stderr)
+                raise RuntimeError(f"{len(died)} leadline process(es) exited during the run")
 
     print(
         f"outbound, {args.messages} messages, {args.concurrency} in flight, {os.cpu_count()} cores, "
