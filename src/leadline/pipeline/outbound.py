@@ -553,7 +553,12 @@ async def _commit_sent(conn: AsyncConnection, sent: Sequence[_Sent]) -> list[Ret
         circuit = await get_circuit(conn, channel)
         if circuit is None or not circuit.is_open:
             closed.add(channel)
-            await record_channel_success(conn, channel, max(s.now for s in sent if s.channel == channel))
+            on_channel = [s for s in sent if s.channel == channel]
+            # The earliest start stands for the batch: should another process open the circuit after the
+            # read above (PostgreSQL), a send in flight when it opened still cannot close it.
+            now, began = max(s.now for s in on_channel), min(s.began for s in on_channel)
+            if await record_channel_success(conn, channel, now, sent_since=began):
+                await release_held(conn, now=now, channel=channel)
     results: list[RetryLater | None] = []
     for s in sent:
         try:
