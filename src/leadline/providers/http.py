@@ -47,6 +47,8 @@ class HttpAnswer:
     body: bytes
     retry_after: float | None
     """Seconds from the ``Retry-After`` header, when the provider sent one."""
+    content_type: str | None = None
+    """The media type of the body (``image/png``), parameters left out; None when not given."""
 
     @property
     def ok(self) -> bool:
@@ -88,21 +90,51 @@ async def get(
     *,
     params: Mapping[str, str] | None = None,
     headers: Mapping[str, str] | None = None,
+    max_bytes: int | None = None,
 ) -> HttpAnswer:
-    """GET ``url`` and read the whole answer; failures are reported as :func:`post` reports them."""
+    """GET ``url`` and read the whole answer; failures are reported as :func:`post` reports them.
+
+    With ``max_bytes``, an answer longer than that is abandoned as soon as it passes it, with a
+    BAD_REQUEST ProviderError ``too_large``.
+    """
     all_headers = {"Accept": "application/json"}
     if headers:
         all_headers.update(headers)
     try:
         async with session.get(url, params=params, headers=all_headers) as response:
-            payload = await response.read()
-            return HttpAnswer(response.status, payload, parse_retry_after(response.headers.get("Retry-After")))
+            if max_bytes is None:
+                payload = await response.read()
+            else:
+                payload = await _read_capped(response, max_bytes)
+            return HttpAnswer(
+                response.status,
+                payload,
+                parse_retry_after(response.headers.get("Retry-After")),
+                response.content_type if response.headers.get("Content-Type") else None,
+            )
     except TimeoutError as exc:
         raise ProviderError(ErrorClass.RETRY_LATER, "timeout", f"no answer in time ({type(exc).__name__})") from None
     except aiohttp.ClientError as exc:
         raise ProviderError(
             ErrorClass.RETRY_LATER, "connection_error", f"could not reach the provider ({type(exc).__name__})"
         ) from None
+
+
+async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    # content.read(n) answers with what has arrived so far, so the chunks are gathered up to the end.
+    too_large = ProviderError(
+        ErrorClass.BAD_REQUEST, "too_large", f"the answer is larger than the {max_bytes}-byte limit"
+    )
+    if response.content_length is not None and response.content_length > max_bytes:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def parse_retry_after(value: str | None) -> float | None:
