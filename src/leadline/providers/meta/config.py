@@ -22,6 +22,9 @@ class MetaChannelConfig(ChannelConfig):
     """The token typed into the App Dashboard for the webhook subscription handshake."""
     access_token: SecretStr | None = None
     """System-user token for sending; without it the channel only receives."""
+    app_id: str | None = None
+    """The Meta app's id. Needed only to submit templates with a media header without ``meta_handle``:
+    leadline then uploads the header's example media through the app's Resumable Upload API."""
 
     @property
     def can_send(self) -> bool:

@@ -10,6 +10,8 @@
   ...}]`` (Meta's "copy code" and "one-tap autofill" authentication template pages). A send gives the
   code twice: as the body parameter and as the parameter of the button (``sub_type: url``, index 0),
   since Meta stores the OTP button as a URL button.
+- A media header is reviewed from an upload handle: without ``meta_handle``, the example ``url`` is
+  downloaded and uploaded through the channel's app (:mod:`leadline.providers.meta.uploads`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from leadline.providers.base import ErrorClass, ProviderError, TemplateSend
 from leadline.providers.http import HttpAnswer, get, post
 from leadline.providers.meta.config import MetaChannelConfig
 from leadline.providers.meta.errors import meta_error_from_response
+from leadline.providers.meta.uploads import fetch_example_media, upload_example_media
 from leadline.templates.definitions import (
     Button,
     Header,
@@ -61,6 +64,7 @@ class MetaTemplates:
             raise ProviderError(
                 ErrorClass.CHANNEL_FAILURE, "no_access_token", f"channel {channel.name!r} has no access_token"
             )
+        self._channel = channel
         self._session = session
         self._url = f"{channel.graph_base_url}/{channel.waba_id}/message_templates"
         self._headers = {"Authorization": f"Bearer {channel.access_token.get_secret_value()}"}
@@ -75,7 +79,7 @@ class MetaTemplates:
         answer = await post(
             self._session,
             self._url,
-            body=orjson.dumps(meta_template_request(definition)),
+            body=orjson.dumps(meta_template_request(await self._with_media_handle(definition))),
             content_type="application/json",
             headers=self._headers,
         )
@@ -102,6 +106,23 @@ class MetaTemplates:
             if existing is not None:
                 return Submission(existing, created=False)
         raise error
+
+    async def _with_media_handle(self, definition: TemplateDefinition) -> TemplateDefinition:
+        """``definition`` with an upload handle for its media header, uploading the example if need be."""
+        header = definition.header
+        if not isinstance(header, MediaHeader) or header.meta_handle:
+            return definition
+        if not self._channel.app_id or not header.url:
+            missing = "app_id on the channel" if header.url else "header.url (the example media)"
+            raise ProviderError(
+                ErrorClass.BAD_REQUEST,
+                "missing_media_handle",
+                f"template {definition.key}: Meta reviews {header.type} headers from an uploaded example; "
+                f"give header.meta_handle, or {missing} so that leadline uploads it",
+            )
+        media = await fetch_example_media(self._session, header.url, header.type)
+        handle = await upload_example_media(self._session, self._channel, media)
+        return definition.model_copy(update={"header": header.model_copy(update={"meta_handle": handle})})
 
     async def find(self, name: str, language: str) -> RemoteTemplate | None:
         for remote in await self._list({"name": name}):
