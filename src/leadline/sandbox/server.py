@@ -36,6 +36,7 @@ from leadline.sandbox.core import FaultSpec, InboundSpec, Provider, Sandbox, Sta
 from leadline.sandbox.meta import MetaFake
 from leadline.sandbox.templates import TemplatesFake
 from leadline.sandbox.twilio import TwilioFake
+from leadline.sandbox.uploads import UploadsFake
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ def build_sandbox_app(config: SandboxConfig) -> web.Application:
     app = web.Application()
     app[SANDBOX_KEY] = sandbox
     AccountFake(sandbox).add_routes(app)  # first: Meta's GET /{phone_number_id} has the media route's shape
+    UploadsFake(sandbox).add_routes(app)  # before any Meta /{id} route: POST /upload:<session> has that shape
     for fake in (MetaFake(sandbox), TwilioFake(sandbox)):
         sandbox.fakes[fake.name] = fake
         fake.add_routes(app)

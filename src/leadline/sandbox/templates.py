@@ -6,6 +6,8 @@ Routes, relative to the sandbox root:
   template of the same name and language is refused as Meta does (code 100, subcode 2388024). An
   AUTHENTICATION template is refused without exactly one OTP button, with body text or a header, or
   with a code expiration outside 1 to 90 minutes.
+  A media header (IMAGE, VIDEO, DOCUMENT) is refused without ``example.header_handle`` (a handle from
+  the Resumable Upload API, :mod:`leadline.sandbox.uploads`).
 - ``GET /meta/{version}/{waba_id}/message_templates``: list (``name``, ``status``, ``limit``,
   ``after``), with Graph paging.
 - ``POST /twilio/v1/Content``, ``GET /twilio/v1/Content``, ``GET /twilio/v2/ContentAndApprovals``,
@@ -224,6 +226,8 @@ class TemplatesFake:
         ):
             return graph_error_response(400, 100, "Invalid parameter", details="A BODY component is required.")
         if category == "AUTHENTICATION" and (problem := _authentication_problem(components)):
+            return graph_error_response(400, 100, "Invalid parameter", details=problem)
+        if problem := _media_header_problem(components):
             return graph_error_response(400, 100, "Invalid parameter", details=problem)
         if any(
             t.provider == "meta" and t.account == waba_id and t.name == name and t.language == language
@@ -508,6 +512,21 @@ class TemplatesFake:
                 }
             )
         return web.json_response({"decided": decided})
+
+
+def _media_header_problem(components: list[Any]) -> str | None:
+    """Why a media header is refused: Meta reviews it from an uploaded example, a handle."""
+    for component in components:
+        if not isinstance(component, dict) or str(component.get("type")).upper() != "HEADER":
+            continue
+        header_format = str(component.get("format", "TEXT")).upper()
+        if header_format not in ("IMAGE", "VIDEO", "DOCUMENT"):
+            continue
+        example = component.get("example")
+        handles = example.get("header_handle") if isinstance(example, dict) else None
+        if not (isinstance(handles, list) and handles and all(isinstance(h, str) and h for h in handles)):
+            return f"A {header_format} header needs example.header_handle, a handle from the Resumable Upload API."
+    return None
 
 
 def _authentication_problem(components: list[Any]) -> str | None:
