@@ -12,10 +12,12 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from conftest import API_KEY, TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN, base_config, running_app
 from leadline.bootstrap import build_services
@@ -25,6 +27,7 @@ from leadline.providers.meta.client import template_object
 from leadline.providers.twilio.client import content_variables
 from leadline.sandbox.config import SandboxConfig
 from leadline.sandbox.server import RunningSandbox, start_sandbox
+from leadline.sandbox.uploads import example_handle
 from leadline.store import jobs as job_store
 from leadline.store.db import Database
 from leadline.templates import store
@@ -402,3 +405,122 @@ async def test_api_defines_validates_and_lists_templates(world: World) -> None:
     ]
     assert [t["name"] for t in listed["templates"]] == ["order_update"]
     assert missing == (404, {"error": {"code": "template_not_found", "message": "no template 'nope' in language 'en'"}})
+
+
+# --------------------------------------------------------------------------------------------
+# Media header examples (Meta's Resumable Upload API)
+
+EXAMPLE_PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+APP_ID = "987654321"
+
+
+@pytest.fixture
+async def media_server() -> AsyncIterator[str]:
+    """Serves ``/box.png`` (EXAMPLE_PNG) over plain HTTP on an ephemeral port."""
+
+    async def box(_: web.Request) -> web.Response:
+        return web.Response(body=EXAMPLE_PNG, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/box.png", box)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def define_unchecked(world: World, template: TemplateDefinition) -> None:
+    # Validation wants a media header's URL on https; the example server of these tests is plain HTTP,
+    # which the download accepts, so the definition is stored as an import would store it.
+    async with world.db.transaction() as conn:
+        await store.define_template(conn, template, source="test", now=datetime.now(UTC))
+
+
+async def test_meta_media_header_example_is_uploaded_and_its_handle_submitted(world: World, media_server: str) -> None:
+    await define_unchecked(
+        world, definition(name="with_media", header={"type": "image", "url": f"{media_server}/box.png"})
+    )
+    channel = world.config.channel("meta-main").model_copy(update={"app_id": APP_ID})
+    await world.control("DELETE", "/_sandbox/requests")
+
+    [outcome] = await submit_templates(world.db, channel)
+
+    assert (outcome.error, outcome.created, outcome.status) == (None, True, "PENDING")
+    start, upload, create = (await world.control("GET", "/_sandbox/requests?provider=meta"))["requests"]
+    assert (start["method"], start["path"]) == ("POST", f"/meta/v25.0/{APP_ID}/uploads")
+    assert parse_qs(start["query"]) == {
+        "file_name": ["box.png"],
+        "file_length": [str(len(EXAMPLE_PNG))],
+        "file_type": ["image/png"],
+    }
+    assert start["headers"]["Authorization"] == "Bearer meta-access-token"
+    assert "access_token" not in start["query"]
+    assert (upload["method"], upload["path"]) == ("POST", "/meta/v25.0/upload:sbx1")
+    assert upload["headers"]["Authorization"] == "OAuth meta-access-token"
+    assert upload["headers"]["file_offset"] == "0"
+    assert upload["headers"]["Content-Type"] == "image/png"
+    assert int(upload["headers"]["Content-Length"]) == len(EXAMPLE_PNG)
+    assert (create["method"], create["path"]) == ("POST", "/meta/v25.0/310000000000001/message_templates")
+    handle = example_handle("image/png", EXAMPLE_PNG)
+    assert orjson.loads(create["body"])["components"][0] == {
+        "type": "HEADER",
+        "format": "IMAGE",
+        "example": {"header_handle": [handle]},
+    }
+
+    await world.decide(provider="meta", name="with_media")
+    await sync_channel(world.db, channel)
+    state = await world.state("with_media", "es_MX", "meta-main")
+    assert state is not None
+    assert (state.status, state.provider_template_id) == ("APPROVED", outcome.provider_template_id)
+
+
+async def test_meta_media_header_without_app_id_is_reported_and_nothing_uploaded(
+    world: World, media_server: str
+) -> None:
+    await define_unchecked(
+        world, definition(name="with_media", header={"type": "image", "url": f"{media_server}/box.png"})
+    )
+    await world.control("DELETE", "/_sandbox/requests")
+
+    [outcome] = await submit_templates(world.db, world.config.channel("meta-main"))
+
+    assert outcome.error == (
+        "missing_media_handle: template with_media (es_MX): Meta reviews image headers from an uploaded example; "
+        "give header.meta_handle, or app_id on the channel so that leadline uploads it"
+    )
+    assert (await world.control("GET", "/_sandbox/requests?provider=meta"))["requests"] == []
+    assert await world.provider_templates("meta") == []
+
+
+async def test_meta_example_media_of_the_wrong_type_is_reported(world: World, media_server: str) -> None:
+    await define_unchecked(
+        world, definition(name="with_video", header={"type": "video", "url": f"{media_server}/box.png"})
+    )
+    channel = world.config.channel("meta-main").model_copy(update={"app_id": APP_ID})
+
+    [outcome] = await submit_templates(world.db, channel)
+
+    assert outcome.error == "invalid_example_media: the example of a video header must be video/mp4, not image/png"
+    assert await world.provider_templates("meta") == []
+
+
+async def test_sandbox_refuses_a_meta_media_header_without_a_handle(world: World) -> None:
+    async with world.http.post(
+        f"{world.sandbox.meta_api_base_url}/310000000000001/message_templates",
+        headers={"Authorization": "Bearer meta-access-token"},
+        json={
+            "name": "with_media",
+            "language": "es_MX",
+            "category": "UTILITY",
+            "components": [{"type": "HEADER", "format": "IMAGE"}, {"type": "BODY", "text": "Hola"}],
+        },
+    ) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["code"] == 100
+    assert "header_handle" in error["error_data"]["details"]
