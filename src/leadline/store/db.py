@@ -102,8 +102,12 @@ class Database:
             yield conn
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
-        async with self.engine.begin() as conn:
+        """Bring the schema to the newest Alembic revision.
+
+        In a write transaction from its first statement: processes starting together on a new SQLite
+        file would otherwise both read the empty schema, and one would fail with "database is locked".
+        """
+        async with self.transaction() as conn:
             await conn.run_sync(_upgrade_to_head)
 
     async def close(self) -> None:
