@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from leadline.config import ConfigError, LeadlineConfig, config_path, hash_api_key, load_config, read_config_file
+from leadline.cli_support import ConfigOption, console, err_console, load_config_or_exit, run_with_database, when
+from leadline.config import ConfigError, LeadlineConfig, config_path, hash_api_key, read_config_file
 from leadline.logging import configure_logging
 from leadline.pipeline.outbound import redrive_dead_sends
 from leadline.routing.cli import routing_app
@@ -37,45 +35,12 @@ app.add_typer(cutover_app, name="cutover")
 app.add_typer(routing_app, name="routing")
 app.add_typer(held_app, name="held")
 app.command("health")(health)
-console = Console()
-err_console = Console(stderr=True)
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML file (default: $LEADLINE_CONFIG or ./leadline.toml)")
-]
-T = TypeVar("T")
-
-
-def _load(path: Path | None) -> LeadlineConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        err_console.print(f"[bold red]{path or config_path()}: the configuration has problems[/]")
-        for problem in exc.problems:
-            err_console.print(f"  [red]✗[/] {escape(problem)}")
-        raise typer.Exit(2) from None
-
-
-def _with_db(config: LeadlineConfig, work: Callable[[Database], Awaitable[T]]) -> T:
-    async def run() -> T:
-        db = Database(config.settings.database_url)
-        try:
-            await db.migrate()
-            return await work(db)
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
-
-
-def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
 @app.command("check-config")
 def check_config(config: ConfigOption = None) -> None:
     """Validate the configuration and say exactly what is wrong."""
-    loaded = _load(config)
+    loaded = load_config_or_exit(config)
     console.print(f"[green]✓[/] {config or config_path()} is valid")
     for channel in loaded.channels:
         console.print(f"  channel [bold]{channel.name}[/] ({channel.provider}) {channel.business_number}")
@@ -86,12 +51,12 @@ def check_config(config: ConfigOption = None) -> None:
 @app.command()
 def migrate(config: ConfigOption = None) -> None:
     """Create or upgrade the database schema."""
-    loaded = _load(config)
+    loaded = load_config_or_exit(config)
 
     async def noop(_db: Database) -> None:
         return None
 
-    _with_db(loaded, noop)
+    run_with_database(loaded, noop)
     console.print("[green]✓[/] database schema is up to date")
 
 
@@ -112,7 +77,7 @@ def serve(
 
     from leadline.api.app import create_app
 
-    loaded = _load(config)
+    loaded = load_config_or_exit(config)
     configure_logging(loaded.settings.log_level)
     sandbox_url = f"http://{host}:{sandbox_port}"
     if not loaded.channels:
@@ -184,7 +149,7 @@ def sandbox(
     from leadline.sandbox.config import SandboxConfig
     from leadline.sandbox.server import run_sandbox
 
-    loaded = _load(config)
+    loaded = load_config_or_exit(config)
     configure_logging(loaded.settings.log_level)
     if status_mode not in ("auto", "manual"):
         raise typer.BadParameter("auto or manual", param_hint="--status-mode")
@@ -203,7 +168,7 @@ def run_worker(config: ConfigOption = None) -> None:
     """Run a job worker alone (any number can run, on any host, against one PostgreSQL database)."""
     from leadline.bootstrap import build_services
 
-    loaded = _load(config)
+    loaded = load_config_or_exit(config)
     configure_logging(loaded.settings.log_level)
 
     async def run() -> None:
@@ -226,7 +191,7 @@ def leads(
     phone: Annotated[str | None, typer.Option(help="Only the lead with this number")] = None,
 ) -> None:
     """List leads."""
-    loaded = _load(config)
+    loaded = load_config_or_exit(config)
 
     async def fetch(db: Database) -> list[dict[str, Any]]:
         async with db.read() as conn:
@@ -234,7 +199,7 @@ def leads(
                 return await queries.find_leads_by_phone(conn, phone)
             return await queries.list_leads(conn, limit=limit)
 
-    rows = _with_db(loaded, fetch)
+    rows = run_with_database(loaded, fetch)
     table = Table("lead", "phone", "name", "owner", "tags", "last message", "channel")
     for lead in rows:
         # Stored text is data, not Rich markup: "[image] ..." must print as it is.
@@ -244,7 +209,7 @@ def leads(
             escape(lead["display_name"] or ""),
             escape(lead["owner"] or ""),
             escape(", ".join(lead["tags"])),
-            _when(lead["last_inbound_at"]),
+            when(lead["last_inbound_at"]),
             escape(lead["last_inbound_channel"] or ""),
         )
     console.print(table)
@@ -257,7 +222,7 @@ def timeline(
     limit: Annotated[int, typer.Option(help="How many events, newest first")] = 50,
 ) -> None:
     """Show a lead's timeline."""
-    loaded = _load(config)
+    loaded = load_config_or_exit(config)
 
     async def fetch(db: Database) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         async with db.read() as conn:
@@ -266,7 +231,7 @@ def timeline(
                 return None, []
             return lead, (await queries.timeline(conn, lead["id"], limit=limit)).events
 
-    lead, events = _with_db(loaded, fetch)
+    lead, events = run_with_database(loaded, fetch)
     if lead is None:
         err_console.print(f"[red]no lead for {escape(phone)}[/]")
         raise typer.Exit(1)
@@ -275,7 +240,7 @@ def timeline(
     arrows = {"message_in": "←", "message_out": "→"}
     for event in events:
         table.add_row(
-            _when(event["occurred_at"]),
+            when(event["occurred_at"]),
             escape(event["channel"] or ""),
             event["kind"],
             arrows.get(event["kind"], "") + " " + escape(event["summary"] or ""),
@@ -290,13 +255,13 @@ def outbox_list(
     limit: int = 50,
 ) -> None:
     """List jobs, by default the dead-letter ones."""
-    loaded = _load(config)
+    loaded = load_config_or_exit(config)
 
     async def fetch(db: Database) -> tuple[list[dict[str, Any]], dict[str, int]]:
         async with db.read() as conn:
             return await job_store.list_jobs(conn, state=state, limit=limit), await job_store.count_by_state(conn)
 
-    rows, counts = _with_db(loaded, fetch)
+    rows, counts = run_with_database(loaded, fetch)
     console.print("  ".join(f"{name}: {count}" for name, count in sorted(counts.items())) or "no jobs")
     table = Table("id", "kind", "state", "attempts", "created", "last error")
     for job in rows:
@@ -305,7 +270,7 @@ def outbox_list(
             job["kind"],
             job["state"],
             str(job["attempts"]),
-            _when(job["created_at"]),
+            when(job["created_at"]),
             escape((job["last_error"] or "")[:80]),
         )
     console.print(table)
@@ -317,19 +282,19 @@ def outbox_retry(
     config: ConfigOption = None,
 ) -> None:
     """Put dead-letter jobs back in the queue."""
-    loaded = _load(config)
+    loaded = load_config_or_exit(config)
 
     async def redrive(db: Database) -> int:
         async with db.transaction() as conn:
             return await redrive_dead_sends(conn, job_ids or None, datetime.now(UTC))
 
-    console.print(f"[green]✓[/] re-queued {_with_db(loaded, redrive)} job(s)")
+    console.print(f"[green]✓[/] re-queued {run_with_database(loaded, redrive)} job(s)")
 
 
 @api_key_app.command("create")
 def api_key_create(name: str, config: ConfigOption = None) -> None:
     """Create an API key; it is shown once, and only its SHA-256 is stored."""
-    loaded = _load(config)
+    loaded = load_config_or_exit(config)
     key = "ll_" + secrets.token_urlsafe(32)
 
     async def store(db: Database) -> None:
@@ -338,7 +303,7 @@ def api_key_create(name: str, config: ConfigOption = None) -> None:
                 api_keys.insert().values(name=name, key_sha256=hash_api_key(key), created_at=datetime.now(UTC))
             )
 
-    _with_db(loaded, store)
+    run_with_database(loaded, store)
     console.print(f"API key for [bold]{name}[/] (shown once, keep it safe):\n{key}")
 
 

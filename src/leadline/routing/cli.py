@@ -3,19 +3,17 @@ which channel a number would get now. The same functions as /v1/routing."""
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from leadline.cli_support import ConfigOption, console, err_console, load_config_or_exit, run_with_database, when
 from leadline.domain.phones import InvalidPhoneNumber
 from leadline.domain.routing import NoRoute
 from leadline.routing import flags
@@ -33,44 +31,15 @@ routing_app = typer.Typer(
 )
 override_app = typer.Typer(help="Send one number, or every number under a prefix, through a channel.")
 routing_app.add_typer(override_app, name="override")
-console = Console()
-err_console = Console(stderr=True)
-T = TypeVar("T")
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML file (default: $LEADLINE_CONFIG or ./leadline.toml)")
-]
-
-
-def _config(path: Path | None) -> LeadlineConfig:
-    from leadline.cli import _load  # the main CLI's loader prints configuration problems the same way
-
-    return _load(path)
-
-
-def _run(config: LeadlineConfig, work: Callable[[Database], Awaitable[T]]) -> T:
-    async def run() -> T:
-        db = Database(config.settings.database_url)
-        try:
-            await db.migrate()
-            return await work(db)
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
 
 
 def _actor() -> str:
     return f"cli:{getpass.getuser()}"
 
 
-def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
 def _change(config: LeadlineConfig, work: Callable[[Database], Awaitable[Any]]) -> None:
     try:
-        _run(config, work)
+        run_with_database(config, work)
     except flags.InvalidFlag as exc:
         err_console.print(f"[red]✗[/] {escape(exc.message)}")
         raise typer.Exit(2) from None
@@ -83,7 +52,7 @@ def _audit_table(entries: list[flags.AuditEntry]) -> Table:
     table = Table("when (UTC)", "actor", "action", "before", "after", title="audit (newest first)")
     for entry in entries:
         table.add_row(
-            _when(entry.occurred_at),
+            when(entry.occurred_at),
             escape(entry.actor),
             entry.action,
             escape(json.dumps(entry.before, ensure_ascii=False)),
@@ -95,7 +64,7 @@ def _audit_table(entries: list[flags.AuditEntry]) -> Table:
 @routing_app.command("show")
 def show(config: ConfigOption = None, audit_entries: Annotated[int, typer.Option("--audit")] = 10) -> None:
     """The flags, every channel with its health, and the latest flag changes."""
-    loaded = _config(config)
+    loaded = load_config_or_exit(config)
 
     async def fetch(db: Database) -> tuple[flags.RoutingFlags, list[dict[str, Any]], dict[str, bool], list[Any]]:
         async with db.read() as conn:
@@ -107,7 +76,7 @@ def show(config: ConfigOption = None, audit_entries: Annotated[int, typer.Option
                 await flags.list_audit(conn, limit=audit_entries),
             )
 
-    current, health_rows, healthy, entries = _run(loaded, fetch)
+    current, health_rows, healthy, entries = run_with_database(loaded, fetch)
     health = {row["channel"]: row for row in health_rows}
 
     table = Table("flag", "value", title="routing flags")
@@ -123,7 +92,7 @@ def show(config: ConfigOption = None, audit_entries: Annotated[int, typer.Option
         table.add_row(
             "cutover",
             escape(f"{current.cutover_from} → {current.cutover_to}")
-            + f"  started {_when(current.cutover_started_at)}, finished {_when(current.cutover_finished_at)}",
+            + f"  started {when(current.cutover_started_at)}, finished {when(current.cutover_finished_at)}",
         )
     console.print(table)
 
@@ -137,7 +106,7 @@ def show(config: ConfigOption = None, audit_entries: Annotated[int, typer.Option
         elif healthy.get(channel.name):
             circuit = "[yellow]half-open[/]"
         else:
-            circuit = f"[red]open[/] until {_when(row.get('next_probe_at'))}"
+            circuit = f"[red]open[/] until {when(row.get('next_probe_at'))}"
         channels.add_row(
             channel.name,
             channel.provider,
@@ -158,7 +127,7 @@ def override_set(
     config: ConfigOption = None,
 ) -> None:
     """Send a number, or every number under a prefix, through CHANNEL."""
-    loaded = _config(config)
+    loaded = load_config_or_exit(config)
 
     async def change(db: Database) -> flags.Override:
         return await flags.set_override(db, loaded, match, channel, actor=_actor(), now=datetime.now(UTC))
@@ -173,7 +142,7 @@ def override_remove(
     config: ConfigOption = None,
 ) -> None:
     """Remove a number's or a prefix's override."""
-    loaded = _config(config)
+    loaded = load_config_or_exit(config)
 
     async def change(db: Database) -> flags.Override:
         return await flags.remove_override(db, match, actor=_actor(), now=datetime.now(UTC))
@@ -189,7 +158,7 @@ def rollout(
     config: ConfigOption = None,
 ) -> None:
     """Send PERCENT of numbers through CHANNEL (each number always lands on the same side)."""
-    loaded = _config(config)
+    loaded = load_config_or_exit(config)
 
     async def change(db: Database) -> None:
         await flags.set_rollout(db, loaded, channel, percent, actor=_actor(), now=datetime.now(UTC))
@@ -204,7 +173,7 @@ def default(
     config: ConfigOption = None,
 ) -> None:
     """Set the default channel."""
-    loaded = _config(config)
+    loaded = load_config_or_exit(config)
 
     async def change(db: Database) -> None:
         await flags.set_default_channel(db, loaded, channel, actor=_actor(), now=datetime.now(UTC))
@@ -222,7 +191,7 @@ def explain(
     language: Annotated[str | None, typer.Option(help="The template's language")] = None,
 ) -> None:
     """Which channel a message to NUMBER would go through now, and why (nothing is sent)."""
-    loaded = _config(config)
+    loaded = load_config_or_exit(config)
     if (template is None) != (language is None):
         raise typer.BadParameter("give --template and --language together", param_hint="--template")
 
@@ -238,7 +207,7 @@ def explain(
             )
 
     try:
-        found = _run(loaded, ask)
+        found = run_with_database(loaded, ask)
     except InvalidPhoneNumber as exc:
         err_console.print(f"[red]✗[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
@@ -256,10 +225,10 @@ def explain(
 @routing_app.command("audit")
 def audit(config: ConfigOption = None, limit: Annotated[int, typer.Option(help="How many, newest first")] = 50) -> None:
     """Every flag change: who, when, before, after."""
-    loaded = _config(config)
+    loaded = load_config_or_exit(config)
 
     async def fetch(db: Database) -> list[flags.AuditEntry]:
         async with db.read() as conn:
             return await flags.list_audit(conn, limit=limit)
 
-    console.print(_audit_table(_run(loaded, fetch)))
+    console.print(_audit_table(run_with_database(loaded, fetch)))

@@ -5,19 +5,17 @@ Exit codes: 0 done, 1 refused (blockers, threads still draining), 2 a wrong chan
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from leadline.cli_support import ConfigOption, T, console, err_console, load_config_or_exit, run_with_database, when
 from leadline.routing.cutover import (
     Blocker,
     CutoverBlocked,
@@ -39,13 +37,7 @@ if TYPE_CHECKING:
 cutover_app = typer.Typer(
     help="Move a live channel to another provider: plan, start, watch the drain, finish.", no_args_is_help=True
 )
-console = Console()
-err_console = Console(stderr=True)
-T = TypeVar("T")
 
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML file (default: $LEADLINE_CONFIG or ./leadline.toml)")
-]
 FromOption = Annotated[str, typer.Option("--from", help="The channel traffic moves off (its threads drain there)")]
 ToOption = Annotated[str, typer.Option("--to", help="The channel new conversations move to")]
 ActorOption = Annotated[
@@ -53,23 +45,10 @@ ActorOption = Annotated[
 ]
 
 
-def _config(path: Path | None) -> LeadlineConfig:
-    from leadline.cli import _load  # the main CLI's loader prints configuration problems the same way
-
-    return _load(path)
-
-
 def _run(config: LeadlineConfig, work: Callable[[Database], Awaitable[T]]) -> T:
-    async def run() -> T:
-        db = Database(config.settings.database_url)
-        try:
-            await db.migrate()
-            return await work(db)
-        finally:
-            await db.close()
-
+    """A cutover refused for a reason the person on call must act on exits 1; a bad request exits 2."""
     try:
-        return asyncio.run(run())
+        return run_with_database(config, work)
     except (CutoverBlocked, StillDraining) as exc:
         err_console.print(f"[red]✗[/] {escape(exc.message)}")
         raise typer.Exit(1) from None
@@ -80,10 +59,6 @@ def _run(config: LeadlineConfig, work: Callable[[Database], Awaitable[T]]) -> T:
 
 def _actor(actor: str | None) -> str:
     return actor or f"cli:{getpass.getuser()}"
-
-
-def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
 
 
 def _duration(value: timedelta) -> str:
@@ -102,7 +77,7 @@ def _print_blockers(blockers: list[Blocker]) -> None:
 @cutover_app.command("plan")
 def plan_command(from_channel: FromOption, to_channel: ToOption, config: ConfigOption = None) -> None:
     """List what is not ready on the new channel: templates, webhooks, credentials (a live call)."""
-    loaded = _config(config)
+    loaded = load_config_or_exit(config)
 
     async def work(db: Database) -> list[Blocker]:
         async with db.read() as conn:
@@ -128,7 +103,7 @@ def start_command(
     config: ConfigOption = None,
 ) -> None:
     """Send new conversations to the new channel; threads in flight keep draining on the old one."""
-    loaded = _config(config)
+    loaded = load_config_or_exit(config)
 
     async def work(db: Database) -> Started:
         return await start_cutover(
@@ -140,10 +115,10 @@ def start_command(
         _print_blockers(started.forced_past)
         console.print(f"[yellow]![/] started past {len(started.forced_past)} blocker(s) (--force)")
     if started.already:
-        console.print(f"[yellow]![/] this cutover has been in progress since {_when(started.started_at)}")
+        console.print(f"[yellow]![/] this cutover has been in progress since {when(started.started_at)}")
     else:
         console.print(
-            f"[green]✓[/] new conversations go to [bold]{to_channel}[/] from {_when(started.started_at)}; "
+            f"[green]✓[/] new conversations go to [bold]{to_channel}[/] from {when(started.started_at)}; "
             f"{started.draining.count} thread(s) drain on [bold]{from_channel}[/]"
         )
     console.print("  watch it: leadline cutover status")
@@ -152,7 +127,7 @@ def start_command(
 @cutover_app.command("status")
 def status_command(config: ConfigOption = None) -> None:
     """Threads still draining on the old channel, messages per channel over the last hour, failovers."""
-    loaded = _config(config)
+    loaded = load_config_or_exit(config)
 
     async def work(db: Database) -> CutoverStatus:
         async with db.read() as conn:
@@ -162,10 +137,10 @@ def status_command(config: ConfigOption = None) -> None:
     if status.started_at is None:
         console.print(f"no cutover has been started; default channel: {status.default_channel or '-'}")
     else:
-        state = "in progress" if status.in_progress else f"finished {_when(status.finished_at)}"
+        state = "in progress" if status.in_progress else f"finished {when(status.finished_at)}"
         console.print(
             f"cutover [bold]{status.from_channel}[/] → [bold]{status.to_channel}[/], started "
-            f"{_when(status.started_at)}, {state}"
+            f"{when(status.started_at)}, {state}"
         )
         drain = status.draining
         console.print(
@@ -173,8 +148,8 @@ def status_command(config: ConfigOption = None) -> None:
         )
         console.print(f"  drained {status.drained}/{status.total} thread(s); {drain.count} still draining")
         if drain.count:
-            console.print(f"  oldest last message {_when(drain.oldest_last_message_at)}")
-            console.print(f"  drained by {_when(drain.drains_at)} (in {_duration(drain.remaining(status.now))})")
+            console.print(f"  oldest last message {when(drain.oldest_last_message_at)}")
+            console.print(f"  drained by {when(drain.drains_at)} (in {_duration(drain.remaining(status.now))})")
         console.print(f"  failovers since the start: {status.failovers_since_start}")
     table = Table("channel", "in", "out", "failovers", title="Messages over the last hour")
     for traffic in status.traffic:
@@ -189,7 +164,7 @@ def finish_command(
     config: ConfigOption = None,
 ) -> None:
     """Mark the cutover finished; refused while threads are still draining on the old channel."""
-    loaded = _config(config)
+    loaded = load_config_or_exit(config)
 
     async def work(db: Database) -> Finished:
         async with db.transaction() as conn:
@@ -199,5 +174,5 @@ def finish_command(
     note = f" ({finished.draining.count} thread(s) were still draining: --force)" if finished.draining.count else ""
     console.print(
         f"[green]✓[/] cutover {finished.from_channel} → {finished.to_channel} finished "
-        f"{_when(finished.finished_at)}{note}"
+        f"{when(finished.finished_at)}{note}"
     )

@@ -3,56 +3,24 @@ The same functions as /v1/health and /v1/held."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from leadline.cli_support import ConfigOption, console, err_console, load_config_or_exit, run_with_database, when
 from leadline.routing.failover import health_report, list_held, release_held
 from leadline.store.db import Database
 
 if TYPE_CHECKING:
-    from leadline.config import LeadlineConfig
+    pass
 
 held_app = typer.Typer(
     help="Messages held because their channel is down and they could not move; release them.",
     invoke_without_command=True,
 )
-console = Console()
-err_console = Console(stderr=True)
-T = TypeVar("T")
-
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML file (default: $LEADLINE_CONFIG or ./leadline.toml)")
-]
-
-
-def _config(path: Path | None) -> LeadlineConfig:
-    from leadline.cli import _load  # the main CLI's loader prints configuration problems the same way
-
-    return _load(path)
-
-
-def _run(config: LeadlineConfig, work: Callable[[Database], Awaitable[T]]) -> T:
-    async def run() -> T:
-        db = Database(config.settings.database_url)
-        try:
-            await db.migrate()
-            return await work(db)
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
-
-
-def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
 _CIRCUIT_STYLE = {"closed": "[green]closed[/]", "open": "[red]open[/]", "half_open": "[yellow]half-open[/]"}
@@ -60,14 +28,14 @@ _CIRCUIT_STYLE = {"closed": "[green]closed[/]", "open": "[red]open[/]", "half_op
 
 def health(config: ConfigOption = None) -> None:
     """Every channel's circuit breaker: state, consecutive failures, last error, when it opened and probes."""
-    loaded = _config(config)
+    loaded = load_config_or_exit(config)
 
     async def fetch(db: Database) -> list[dict[str, Any]]:
         async with db.read() as conn:
             return await health_report(conn, loaded, datetime.now(UTC))
 
     table = Table("channel", "provider", "circuit", "failures", "last error", "opened", "next probe", "held")
-    for row in _run(loaded, fetch):
+    for row in run_with_database(loaded, fetch):
         error = " ".join(filter(None, [row["last_error_code"], row["last_error_message"]]))
         table.add_row(
             row["name"],
@@ -75,8 +43,8 @@ def health(config: ConfigOption = None) -> None:
             _CIRCUIT_STYLE[row["circuit"]] if row["can_send"] else "- (cannot send)",
             str(row["consecutive_failures"]),
             escape(error[:60]),
-            _when(row["opened_at"]),
-            _when(row["next_probe_at"]),
+            when(row["opened_at"]),
+            when(row["next_probe_at"]),
             str(row["held"]),
         )
     console.print(table)
@@ -92,13 +60,13 @@ def held(
     """List held messages (``leadline held release`` puts them back in the queue)."""
     if ctx.invoked_subcommand is not None:
         return
-    loaded = _config(config)
+    loaded = load_config_or_exit(config)
 
     async def fetch(db: Database) -> list[dict[str, Any]]:
         async with db.read() as conn:
             return await list_held(conn, channel=channel, limit=limit)
 
-    rows = _run(loaded, fetch)
+    rows = run_with_database(loaded, fetch)
     console.print(f"{len(rows)} held message(s)")
     table = Table("message", "to", "channel", "kind", "held since", "reason")
     for row in rows:
@@ -107,7 +75,7 @@ def held(
             row["to"] or "",
             row["channel"],
             row["kind"],
-            _when(row["held_at"]),
+            when(row["held_at"]),
             escape((row["reason"] or "")[:100]),
         )
     console.print(table)
@@ -124,13 +92,13 @@ def release(
     if all_held == bool(message_ids):
         err_console.print("[red]✗[/] name held messages, or pass --all")
         raise typer.Exit(2)
-    loaded = _config(config)
+    loaded = load_config_or_exit(config)
 
     async def work(db: Database) -> list[str]:
         async with db.transaction() as conn:
             return await release_held(conn, now=datetime.now(UTC), message_ids=None if all_held else message_ids)
 
-    released = _run(loaded, work)
+    released = run_with_database(loaded, work)
     console.print(f"[green]✓[/] released {len(released)} message(s)")
     for message_id in released:
         console.print(f"  {message_id}")

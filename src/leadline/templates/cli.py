@@ -5,16 +5,14 @@ Template files (YAML or TOML) are read from ``--dir``, by default ``./templates`
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from leadline.cli_support import ConfigOption, console, err_console, load_config_or_exit, run_with_database
 from leadline.store.db import Database
 from leadline.templates import store
 from leadline.templates.definitions import load_templates
@@ -32,41 +30,17 @@ from leadline.templates.sync import template_channels as channels_with_templates
 from leadline.templates.validation import validate_template
 
 if TYPE_CHECKING:
-    from leadline.config import LeadlineConfig
+    pass
 
 templates_app = typer.Typer(
     help="WhatsApp templates: define once, get them approved on every channel, see what blocks a cutover.",
     no_args_is_help=True,
 )
-console = Console()
-err_console = Console(stderr=True)
-T = TypeVar("T")
 
 DEFAULT_DIR = Path("templates")
-ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML file (default: $LEADLINE_CONFIG or ./leadline.toml)")
-]
 DirOption = Annotated[Path, typer.Option("--dir", "-d", help="Folder of template files (YAML or TOML)")]
 
 _STYLES = {APPROVED: "green", "PENDING": "yellow", "REJECTED": "red", "PAUSED": "red", "DISABLED": "red"}
-
-
-def _config(path: Path | None) -> LeadlineConfig:
-    from leadline.cli import _load  # the main CLI's loader prints configuration problems the same way
-
-    return _load(path)
-
-
-def _run(config: LeadlineConfig, work: Callable[[Database], Awaitable[T]]) -> T:
-    async def run() -> T:
-        db = Database(config.settings.database_url)
-        try:
-            await db.migrate()
-            return await work(db)
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
 
 
 def _read_and_validate(directory: Path) -> list[str]:
@@ -103,7 +77,7 @@ def submit(
     config: ConfigOption = None,
 ) -> None:
     """Store the template files, then submit them to the channels' providers (safe to repeat)."""
-    loaded_config = _config(config)
+    loaded_config = load_config_or_exit(config)
     targets = []
     for name in channel:
         try:
@@ -136,7 +110,7 @@ def submit(
         return outcomes
 
     try:
-        outcomes = _run(loaded_config, work)
+        outcomes = run_with_database(loaded_config, work)
     except InvalidTemplate as exc:
         for problem in exc.problems:
             err_console.print(f"  [red]✗[/] {problem}")
@@ -161,14 +135,14 @@ def sync(
     config: ConfigOption = None,
 ) -> None:
     """Pull approval statuses from the providers and import templates leadline does not know yet."""
-    loaded_config = _config(config)
+    loaded_config = load_config_or_exit(config)
 
     async def work(db: Database) -> tuple[list[SyncReport], dict[str, str]]:
         if channel is None:
             return await sync_all(db, loaded_config)
         return [await sync_channel(db, loaded_config.channel(channel))], {}
 
-    reports, failures = _run(loaded_config, work)
+    reports, failures = run_with_database(loaded_config, work)
     for report in reports:
         console.print(
             f"[green]✓[/] {report.channel}: {report.updated} template(s) updated, "
@@ -185,14 +159,14 @@ def sync(
 @templates_app.command("status")
 def status(config: ConfigOption = None) -> None:
     """The matrix of templates by channel; a template not APPROVED on a channel blocks a cutover to it."""
-    loaded_config = _config(config)
+    loaded_config = load_config_or_exit(config)
     channels = [c.name for c in channels_with_templates(loaded_config)]
 
     async def fetch(db: Database) -> list[store.StoredTemplate]:
         async with db.read() as conn:
             return await store.list_templates(conn)
 
-    templates = _run(loaded_config, fetch)
+    templates = run_with_database(loaded_config, fetch)
     table = Table("template", "category", *channels)
     blockers: dict[str, list[str]] = {name: [] for name in channels}
     for template in templates:
