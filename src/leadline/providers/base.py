@@ -174,6 +174,14 @@ class ProviderError(Exception):
         self.retry_after = retry_after
 
 
+def numeric_code(code: int | str) -> int | None:
+    """A provider's error code as a number (they arrive as ints or digit strings); None if it is not one."""
+    if isinstance(code, int):
+        return code
+    text = code.strip()
+    return int(text) if text.isdigit() else None
+
+
 # --------------------------------------------------------------------------------------------
 # Registration
 

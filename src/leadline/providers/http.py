@@ -10,8 +10,10 @@ import email.utils
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+import orjson
 
 from leadline.providers.base import ErrorClass, ProviderError
 
@@ -151,3 +153,19 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def json_object(answer: HttpAnswer, source: str) -> dict[str, Any]:
+    """A provider's successful answer as a JSON object; anything else is the provider misbehaving."""
+    try:
+        data = orjson.loads(answer.body)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise ProviderError(
+            ErrorClass.RETRY_LATER,
+            "malformed_response",
+            f"{source} answer is not a JSON object",
+            http_status=answer.status,
+        )
+    return data

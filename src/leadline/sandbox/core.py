@@ -8,6 +8,7 @@ messages at once) and keeps what the control API shows.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import time
@@ -254,6 +255,28 @@ class ProviderFake(Protocol):
 
 # --------------------------------------------------------------------------------------------
 # The sandbox
+
+
+def stored_media(
+    spec: InboundSpec,
+    *,
+    media_id: str,
+    provider: Provider,
+    channel: str,
+    default_mime: Mapping[str, str],
+    placeholder: str,
+) -> StoredMedia:
+    """The bytes an injected message's media stands for: given by the caller, or a recognisable placeholder."""
+    given = spec.media
+    content = base64.b64decode(given.content_base64) if given and given.content_base64 else placeholder.encode()
+    return StoredMedia(
+        id=media_id,
+        provider=provider,
+        channel=channel,
+        content=content,
+        mime_type=given.mime_type if given and given.mime_type else default_mime[spec.kind],
+        filename=given.filename if given else None,
+    )
 
 
 class Sandbox:

@@ -32,6 +32,7 @@ from leadline.sandbox.core import (
     Provider,
     Sandbox,
     StoredMedia,
+    stored_media,
 )
 
 SEND_TYPES = frozenset(
@@ -382,19 +383,13 @@ class MetaFake:
 
     def _store_media(self, spec: InboundSpec, channel: MetaSandboxChannel) -> StoredMedia:
         media_id = str(secrets.randbelow(9 * 10**15) + 10**15)
-        given = spec.media
-        content = (
-            base64.b64decode(given.content_base64)
-            if given and given.content_base64
-            else f"sandbox {spec.kind} {media_id}".encode()
-        )
-        stored = StoredMedia(
-            id=media_id,
+        stored = stored_media(
+            spec,
+            media_id=media_id,
             provider="meta",
             channel=channel.name,
-            content=content,
-            mime_type=(given.mime_type if given and given.mime_type else _DEFAULT_MIME[spec.kind]),
-            filename=given.filename if given else None,
+            default_mime=_DEFAULT_MIME,
+            placeholder=f"sandbox {spec.kind} {media_id}",
         )
         self._sandbox.media[media_id] = stored
         return stored

@@ -33,6 +33,7 @@ from leadline.sandbox.core import (
     Provider,
     Sandbox,
     StoredMedia,
+    stored_media,
 )
 
 API_VERSION = "2010-04-01"
@@ -371,22 +372,15 @@ class TwilioFake:
         return self._by_name[name]
 
     def _store_media(self, spec: InboundSpec, channel: TwilioSandboxChannel, message_sid: str) -> StoredMedia:
-        media_sid = new_sid("ME")
-        given = spec.media
-        content = (
-            base64.b64decode(given.content_base64)
-            if given and given.content_base64
-            else f"sandbox {spec.kind} {message_sid}".encode()
-        )
-        stored = StoredMedia(
-            id=media_sid,
+        stored = stored_media(
+            spec,
+            media_id=new_sid("ME"),
             provider="twilio",
             channel=channel.name,
-            content=content,
-            mime_type=(given.mime_type if given and given.mime_type else _DEFAULT_MIME[spec.kind]),
-            filename=given.filename if given else None,
+            default_mime=_DEFAULT_MIME,
+            placeholder=f"sandbox {spec.kind} {message_sid}",
         )
-        self._sandbox.media[media_sid] = stored
+        self._sandbox.media[stored.id] = stored
         return stored
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from leadline.providers.base import ErrorClass, ProviderError
+from leadline.providers.base import ErrorClass, ProviderError, numeric_code
 
 _RETRY_LATER = frozenset({130429, 131056, 4, 80007, 133016, 131000, 131016, 1, 2, 131052, 131049})
 _NEEDS_TEMPLATE = frozenset({131047})
@@ -57,13 +57,6 @@ RETRY_HINTS: dict[int, float] = {
 """Seconds to wait before the next attempt, for the codes where Meta's documentation suggests one."""
 
 
-def _as_int(code: int | str) -> int | None:
-    if isinstance(code, int):
-        return code
-    text = code.strip()
-    return int(text) if text.isdigit() else None
-
-
 def classify_meta_error(code: int | str, http_status: int | None) -> ErrorClass:
     """The class of a Graph API error ``code`` (an int or its string form).
 
@@ -71,7 +64,7 @@ def classify_meta_error(code: int | str, http_status: int | None) -> ErrorClass:
     as ``"timeout"``, a body that was not Graph JSON): 401/403 mean the channel's credentials are
     refused; anything else, 5xx and 429 included, is worth another bounded try.
     """
-    number = _as_int(code)
+    number = numeric_code(code)
     if number is not None:
         if number in _RETRY_LATER:
             return ErrorClass.RETRY_LATER
@@ -102,7 +95,7 @@ def meta_error_from_response(http_status: int, body: bytes, *, retry_after: floa
     else:
         code = f"http_{http_status}"
     message = _describe(error) if error else f"HTTP {http_status} without a Graph error body"
-    number = _as_int(code)
+    number = numeric_code(code)
     hint = retry_after if retry_after is not None else (RETRY_HINTS.get(number) if number is not None else None)
     return ProviderError(
         classify_meta_error(code, http_status),

@@ -24,7 +24,7 @@ import orjson
 from pydantic import ValidationError
 
 from leadline.providers.base import ErrorClass, ProviderError, TemplateSend
-from leadline.providers.http import HttpAnswer, get, post
+from leadline.providers.http import get, json_object, post
 from leadline.providers.meta.config import MetaChannelConfig
 from leadline.providers.meta.errors import meta_error_from_response
 from leadline.providers.meta.uploads import fetch_example_media, upload_example_media
@@ -84,7 +84,7 @@ class MetaTemplates:
             headers=self._headers,
         )
         if answer.ok:
-            data = _json(answer)
+            data = json_object(answer, "the Graph API")
             template_id = data.get("id")
             if not isinstance(template_id, str | int) or not str(template_id):
                 raise ProviderError(
@@ -143,7 +143,7 @@ class MetaTemplates:
             answer = await get(self._session, url, params=params, headers=self._headers)
             if not answer.ok:
                 raise meta_error_from_response(answer.status, answer.body, retry_after=answer.retry_after)
-            data = _json(answer)
+            data = json_object(answer, "the Graph API")
             items = data.get("data")
             for item in items if isinstance(items, list) else []:
                 remote = remote_from_meta(item)
@@ -154,21 +154,6 @@ class MetaTemplates:
             # ``next`` carries every parameter of the query already.
             url, params = (next_url, None) if isinstance(next_url, str) and next_url else (None, None)
         return templates
-
-
-def _json(answer: HttpAnswer) -> dict[str, Any]:
-    try:
-        data = orjson.loads(answer.body)
-    except orjson.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict):
-        raise ProviderError(
-            ErrorClass.RETRY_LATER,
-            "malformed_response",
-            "the Graph API answer is not a JSON object",
-            http_status=answer.status,
-        )
-    return data
 
 
 # --------------------------------------------------------------------------------------------

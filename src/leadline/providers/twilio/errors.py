@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from leadline.providers.base import ErrorClass, ProviderError
+from leadline.providers.base import ErrorClass, ProviderError, numeric_code
 
 _RETRY_LATER = frozenset({20429, 63018, 30003, 30008, 63032})
 _NEEDS_TEMPLATE = frozenset({63016})
@@ -59,20 +59,13 @@ RETRY_HINTS: dict[int, float] = {
 """Seconds to wait before the next attempt where the code implies one; ``Retry-After`` wins."""
 
 
-def _as_int(code: int | str) -> int | None:
-    if isinstance(code, int):
-        return code
-    text = code.strip()
-    return int(text) if text.isdigit() else None
-
-
 def classify_twilio_error(code: int | str, http_status: int | None) -> ErrorClass:
     """The class of a Twilio error ``code`` (an int or its string form).
 
     ``http_status`` decides when the code is unknown or not numeric: 401/403 mean the credentials
     are refused (CHANNEL_FAILURE); anything else, 429 and 5xx included, is worth another bounded try.
     """
-    number = _as_int(code)
+    number = numeric_code(code)
     if number is not None:
         if number in _RETRY_LATER:
             return ErrorClass.RETRY_LATER
@@ -102,7 +95,7 @@ def twilio_error_from_response(http_status: int, body: bytes, *, retry_after: fl
         code = str(raw_code).strip()
     else:
         code = f"http_{http_status}"
-    number = _as_int(code)
+    number = numeric_code(code)
     hint = retry_after if retry_after is not None else (RETRY_HINTS.get(number) if number is not None else None)
     return ProviderError(
         classify_twilio_error(code, http_status),

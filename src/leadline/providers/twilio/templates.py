@@ -23,7 +23,7 @@ import orjson
 from pydantic import ValidationError
 
 from leadline.providers.base import ErrorClass, ProviderError, TemplateSend
-from leadline.providers.http import HttpAnswer, get, post
+from leadline.providers.http import HttpAnswer, get, json_object, post
 from leadline.providers.twilio.config import TwilioChannelConfig
 from leadline.providers.twilio.errors import twilio_error_from_response
 from leadline.templates.definitions import (
@@ -72,7 +72,7 @@ class TwilioTemplates:
             sid = existing.provider_template_id if existing else None
         if sid is None:
             answer = await self._post("/v1/Content", twilio_content_request(definition))
-            sid = _json(answer).get("sid")
+            sid = json_object(answer, "Twilio's").get("sid")
             if not isinstance(sid, str) or not sid:
                 raise ProviderError(
                     ErrorClass.RETRY_LATER, "malformed_response", "Twilio created content without a sid"
@@ -84,7 +84,7 @@ class TwilioTemplates:
                 f"/v1/Content/{sid}/ApprovalRequests/whatsapp",
                 {"name": definition.name, "category": definition.category.value},
             )
-            approval = _json(answer)
+            approval = json_object(answer, "Twilio's")
         remote = RemoteTemplate(
             provider_template_id=sid,
             name=str(approval.get("name") or definition.name),
@@ -113,7 +113,7 @@ class TwilioTemplates:
             answer = await get(self._session, url, params=params, headers=self._headers)
             if not answer.ok:
                 raise twilio_error_from_response(answer.status, answer.body, retry_after=answer.retry_after)
-            data = _json(answer)
+            data = json_object(answer, "Twilio's")
             for item in data.get("contents") or []:
                 remote = remote_from_twilio(item)
                 if remote is not None:
@@ -130,7 +130,7 @@ class TwilioTemplates:
             return None
         if not answer.ok:
             raise twilio_error_from_response(answer.status, answer.body, retry_after=answer.retry_after)
-        whatsapp = _json(answer).get("whatsapp")
+        whatsapp = json_object(answer, "Twilio's").get("whatsapp")
         return whatsapp if isinstance(whatsapp, dict) else {}
 
     async def _post(self, path: str, body: Mapping[str, Any]) -> HttpAnswer:
@@ -144,21 +144,6 @@ class TwilioTemplates:
         if not answer.ok:
             raise twilio_error_from_response(answer.status, answer.body, retry_after=answer.retry_after)
         return answer
-
-
-def _json(answer: HttpAnswer) -> dict[str, Any]:
-    try:
-        data = orjson.loads(answer.body)
-    except orjson.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict):
-        raise ProviderError(
-            ErrorClass.RETRY_LATER,
-            "malformed_response",
-            "Twilio's answer is not a JSON object",
-            http_status=answer.status,
-        )
-    return data
 
 
 # --------------------------------------------------------------------------------------------
