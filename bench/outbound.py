@@ -184,12 +184,19 @@ def accepted(db_path: Path) -> int:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time used so far by these processes (Linux /proc): robust on a shared machine."""
-    ticks = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time used so far by these processes and their descendants (leadline's writer
+    processes), from Linux /proc: robust on a shared machine."""
+    stats = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited meanwhile
+        stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime+stime
+    ours = set(pids)
+    while grown := {pid for pid, (ppid, _) in stats.items() if ppid in ours} - ours:
+        ours |= grown
+    return sum(stats[pid][1] for pid in ours if pid in stats) / os.sysconf("SC_CLK_TCK")
 
 
 async def end_to_end(

@@ -49,3 +49,44 @@ FAILOVERS = Counter(
     "Queued messages moved off a channel whose circuit is open, by the channel they left and the one they took.",
     ["from", "to"],
 )
+
+
+# --------------------------------------------------------------------------------------------
+# Counts made in another process (the writer processes, store.writer) reach this one's /metrics.
+
+CountKey = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _counters() -> dict[str, Counter]:
+    return {
+        family.name: metric
+        for metric in globals().values()
+        if isinstance(metric, Counter)
+        for family in metric.describe()
+    }
+
+
+def counter_values() -> dict[CountKey, float]:
+    """Every leadline counter's value, per label set."""
+    values: dict[CountKey, float] = {}
+    for name, counter in _counters().items():
+        for family in counter.collect():
+            for sample in family.samples:
+                if sample.name == f"{name}_total":
+                    values[(name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+def counted_since(before: dict[CountKey, float]) -> tuple[dict[CountKey, float], list[tuple[CountKey, float]]]:
+    """(the values now, what each counter gained since ``before``)."""
+    now = counter_values()
+    return now, [(key, value - before.get(key, 0.0)) for key, value in now.items() if value > before.get(key, 0.0)]
+
+
+def add_counts(counts: list[tuple[CountKey, float]]) -> None:
+    """Add counts made elsewhere to this process's counters."""
+    counters = _counters()
+    for (name, labels), amount in counts:
+        counter = counters.get(name)
+        if counter is not None:
+            counter.labels(**dict(labels)).inc(amount)

@@ -123,6 +123,9 @@ class OutboundRefused(Exception):
         self.code = code
         self.message = message
 
+    def __reduce__(self) -> tuple[Any, ...]:  # answered from the writer process (store.writer)
+        return (type(self), (self.status, self.code, self.message))
+
 
 # --------------------------------------------------------------------------------------------
 # Accepting into the outbox
@@ -531,7 +534,7 @@ class _SendReads:
 class _Sent:
     """A send the provider accepted, waiting for its answer to be committed."""
 
-    run: JobRun
+    job: Job
     message_id: str
     provider: str
     channel: str
@@ -566,7 +569,8 @@ async def _commit_sent(conn: AsyncConnection, sent: Sequence[_Sent]) -> list[Ret
                 await mark_accepted(conn, s.message_id, s.provider, s.provider_message_id, s.now)
                 if s.channel not in closed and await record_channel_success(conn, s.channel, s.now, sent_since=s.began):
                     await release_held(conn, now=s.now, channel=s.channel)
-                await s.run.finish(conn)
+                if not await job_store.finish(conn, s.job, now=s.now):
+                    raise RetryLater("lease lost: another worker owns this job now")
         except RetryLater as lost:
             results.append(lost)
         else:
@@ -604,10 +608,11 @@ class SendJobs:
         except ProviderError as error:
             await self._failed(job, run, row, error)
             return
-        sent = _Sent(run, row.id, row.provider, row.channel, provider_message_id, began, run.now())
+        sent = _Sent(job, row.id, row.provider, row.channel, provider_message_id, began, run.now())
         lost = await self._sent.submit(sent)
         if lost is not None:
             raise lost
+        run.finished = True
 
     async def _claimed_probe(self, channel: str, circuit: Circuit, now: datetime) -> bool:
         """Whether this send is the open circuit's probe (due, and no other sender took it first)."""

@@ -9,6 +9,7 @@ and send job are committed: the outbox guarantee is unchanged, only the commits 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -21,9 +22,8 @@ from leadline.store.writer import BatchWriter
 
 class Outbox:
     def __init__(self, config: LeadlineConfig, *, max_batch: int = 500):
-        self._config = config
         self._writer: BatchWriter[tuple[OutboundRequest, datetime], Accepted | OutboundRefused] = BatchWriter(
-            config.settings.database_url, self._write, name="outbox", max_batch=max_batch
+            config.settings.database_url, AcceptInOutbox(config), name="outbox", max_batch=max_batch
         )
 
     async def accept(self, request: OutboundRequest, now: datetime) -> Accepted:
@@ -36,16 +36,23 @@ class Outbox:
     async def close(self) -> None:
         await self._writer.close()
 
-    async def _write(
+
+@dataclass(frozen=True, slots=True)
+class AcceptInOutbox:
+    """The writer's work: each request accepted in a SAVEPOINT of the shared transaction."""
+
+    config: LeadlineConfig
+
+    async def __call__(
         self, conn: AsyncConnection, requests: Sequence[tuple[OutboundRequest, datetime]]
     ) -> list[Accepted | OutboundRefused]:
         results: list[Accepted | OutboundRefused] = []
         # Flags and circuits are read once: no acceptance changes them, and the transaction is shared.
-        shared = await shared_facts(conn, self._config)
+        shared = await shared_facts(conn, self.config)
         for request, now in requests:
             try:
                 async with conn.begin_nested():
-                    results.append(await accept_outbound(conn, self._config, request, now, shared=shared))
+                    results.append(await accept_outbound(conn, self.config, request, now, shared=shared))
             except OutboundRefused as refused:  # its savepoint is rolled back: nothing of it stored
                 results.append(refused)
         return results

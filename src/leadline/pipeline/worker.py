@@ -12,6 +12,7 @@ import random
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -30,6 +31,13 @@ class RetryLater(Exception):
     def __init__(self, message: str, *, delay: float | None = None):
         super().__init__(message)
         self.delay = delay
+
+    def __reduce__(self) -> tuple[Any, ...]:  # may be answered from a writer process (store.writer)
+        return (_retry_later, (str(self), self.delay))
+
+
+def _retry_later(message: str, delay: float | None) -> RetryLater:
+    return RetryLater(message, delay=delay)
 
 
 class PermanentFailure(Exception):

@@ -60,7 +60,7 @@ class Database:
     async def _writer_turn(self) -> AsyncIterator[None]:
         """On a SQLite file, wait for the writer lock the group-commit writers (DirectSQLite) queue on.
 
-        Without it a transaction here meets a writer thread that holds SQLite's lock almost all the time,
+        Without it a transaction here meets a writer process that holds SQLite's lock almost all the time,
         and SQLite's busy handler polls for it with sleeps of up to 100 ms: a worker's claim would wait
         behind every batch. Waiting on the same ``flock`` queues it in the kernel instead.
         """
@@ -118,12 +118,11 @@ class Database:
 
 
 class DirectConnection:
-    """A synchronous connection behind :class:`AsyncConnection`'s ``execute``, for a thread of its own.
+    """A synchronous connection behind :class:`AsyncConnection`'s ``execute``, for a writer process.
 
-    Every ``await conn.execute`` through aiosqlite is several hand-offs between the event loop and
-    aiosqlite's thread, each waiting for the GIL while the server parses requests. The webhook writer
-    (see pipeline.ingest) runs the same async pipeline code on this instead: the awaits never suspend, so
-    a whole batch runs straight through on the writer's thread.
+    Every ``await conn.execute`` through aiosqlite is several hand-offs between an event loop and
+    aiosqlite's thread. The writers (store.writer) run the same async pipeline code on this instead: the
+    awaits never suspend, so a whole batch runs straight through.
     """
 
     def __init__(self, connection: Connection):
@@ -132,6 +131,10 @@ class DirectConnection:
     @property
     def dialect(self) -> Any:
         return self._connection.dialect
+
+    @property
+    def info(self) -> dict[Any, Any]:
+        return self._connection.info
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         return self._connection.execute(statement, parameters)
@@ -170,7 +173,7 @@ class DirectSQLite:
         with self.engine.connect() as conn:
             conn = conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
-                # Only ``execute``, ``dialect`` and ``begin_nested`` are used by the code run on it.
+                # Only ``execute``, ``dialect``, ``info`` and ``begin_nested`` are used by the code run on it.
                 yield cast(AsyncConnection, DirectConnection(conn))
 
     def close(self) -> None:

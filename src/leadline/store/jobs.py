@@ -60,8 +60,23 @@ def new_job(
     }
 
 
+_QUEUED_FLAG = "leadline.jobs_queued"
+
+
+def start_noting_queued(conn: AsyncConnection) -> None:
+    """From now on, :func:`queued_any` tells whether a job was queued on ``conn``."""
+    conn.info[_QUEUED_FLAG] = False
+
+
+def queued_any(conn: AsyncConnection) -> bool:
+    """Whether a job was queued on ``conn`` since :func:`start_noting_queued` (so a worker is worth waking)."""
+    return bool(conn.info.get(_QUEUED_FLAG))
+
+
 async def enqueue(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Add jobs in the caller's transaction; a job whose ``dedupe_key`` exists already is not added twice."""
+    if rows:
+        conn.info[_QUEUED_FLAG] = True
     keyed = [r for r in rows if r["dedupe_key"] is not None]
     unkeyed = [r for r in rows if r["dedupe_key"] is None]
     await insert_ignoring_duplicates(conn, jobs, keyed, conflict_columns=["dedupe_key"])

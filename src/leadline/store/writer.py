@@ -1,31 +1,43 @@
-"""Group commit: a writer thread that commits every request waiting in one transaction.
+"""Group commit in a writer process: every request waiting is committed in one transaction.
 
-Committing each request on its own would make the database's commit (an fsync on SQLite) and, on the
-server's event loop, the hand-off of every statement to the driver's thread, the ceiling on throughput.
-A :class:`BatchWriter` instead takes every request waiting, runs its ``write`` over all of them in one
-transaction, and then answers each request. If that shared transaction fails, each request is retried in
-a transaction of its own, so one bad request fails alone and the others still succeed.
+Committing each request on its own would make the database's commit (an fsync on SQLite) the ceiling on
+throughput. A :class:`BatchWriter` instead takes every request waiting, runs its ``write`` over all of
+them in one transaction, and then answers each request. If that shared transaction fails, each request
+is retried in a transaction of its own, so one bad request fails alone and the others still succeed.
 
-The writer runs in a thread of its own: on the server's event loop each statement would wait behind every
-HTTP request being parsed. On SQLite it drives the file directly (:class:`DirectSQLite`), so a batch runs
-straight through; on PostgreSQL it has its own event loop and connection pool.
+The writing runs in a process of its own, started on first use and stopped by :meth:`BatchWriter.close`.
+In a thread of the server's process it would share the interpreter lock with the HTTP server: the
+driver releases and retakes that lock around every row it steps, and each retake waits for the server's
+thread to yield, so both slowed each other down (measured in bench/inbound.py: the server's own CPU per
+webhook more than doubled). The server only pickles the items and waits on a socket; requests and
+answers cross it in frames, many requests to a frame, and what the work counted in leadline's metrics
+comes back with the answers. On SQLite the writer process drives the file
+directly (:class:`DirectSQLite`, which several writer processes share through a kernel lock); on
+PostgreSQL it has its own connection pool.
+
+``write`` and the items, results and errors must pickle: ``write`` is a module-level function or an
+instance of a module-level class holding what it needs (configuration, rules).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import queue
-import threading
+import itertools
+import multiprocessing
+import os
+import pickle
+import select
+import socket
+import struct
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from leadline import metrics
 from leadline.store.db import Database, DirectSQLite
 
 log = structlog.get_logger(__name__)
@@ -36,11 +48,11 @@ R = TypeVar("R")
 WriteBatch = Callable[[AsyncConnection, Sequence[T]], Awaitable[Sequence[R]]]
 """Writes a batch of requests in the given transaction; returns one result per request, in order."""
 
+_LENGTH = struct.Struct("!I")
 
-@dataclass(slots=True)
-class _Pending(Generic[T, R]):
-    item: T
-    done: concurrent.futures.Future[R]
+
+class WriterFailed(RuntimeError):
+    """The writer could not commit a request (the reason is logged by the writer process)."""
 
 
 class BatchWriter(Generic[T, R]):
@@ -53,95 +65,300 @@ class BatchWriter(Generic[T, R]):
         *,
         name: str,
         max_batch: int = 1000,
-        size: Callable[[T], int] = lambda _: 1,
+        size: Callable[[T], int] | None = None,
     ):
         self._database_url = database_url
         self._write = write
         self._name = name
         self._max_batch = max_batch
-        self._size = size
-        self._requests: queue.SimpleQueue[_Pending[T, R] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._size: Callable[[T], int] = size or _one
+        self._link: _Link | None = None
+        self._starting: asyncio.Future[_Link] | None = None
 
     async def submit(self, item: T) -> R:
         """Return ``write``'s result for ``item`` once it is committed; raise what ``write`` raised for it alone."""
-        self._ensure_writer()
-        done: concurrent.futures.Future[R] = concurrent.futures.Future()
-        self._requests.put(_Pending(item, done))
-        return await asyncio.wrap_future(done)
-
-    def _ensure_writer(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._write_forever, name=f"leadline-{self._name}", daemon=True)
-                self._thread.start()
+        link = await self._running_link()
+        result: R = await link.submit(item)
+        return result
 
     async def close(self) -> None:
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            self._requests.put(None)
-            await asyncio.to_thread(thread.join)
-        self._thread = None
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
 
-    def _write_forever(self) -> None:
-        loop = asyncio.new_event_loop()
-        db: Database | DirectSQLite = (
-            DirectSQLite(self._database_url)
-            if make_url(self._database_url).get_backend_name() == "sqlite"
-            else Database(self._database_url)
+    async def _running_link(self) -> _Link:
+        loop = asyncio.get_running_loop()
+        link = self._link
+        if link is not None and not link.broken and link.loop is loop:
+            return link
+        starting = self._starting
+        if starting is None or starting.get_loop() is not loop:
+            # One start for every request arriving meanwhile.
+            starting = self._starting = loop.create_task(self._restart(loop, link))
+        try:
+            return await asyncio.shield(starting)
+        finally:
+            if starting.done() and self._starting is starting:
+                self._starting = None
+
+    async def _restart(self, loop: asyncio.AbstractEventLoop, old: _Link | None) -> _Link:
+        self._link = None
+        if old is not None:
+            await old.close() if old.loop is loop else old.abandon()
+        self._link = await _Link.start(
+            loop, self._database_url, self._write, name=self._name, max_batch=self._max_batch, size=self._size
         )
+        return self._link
+
+
+def _one(_: object) -> int:
+    return 1
+
+
+class _Link:
+    """The server's side of one writer process: frames out, answers in, on one event loop."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        process: multiprocessing.process.BaseProcess,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ):
+        self.loop = loop
+        self.broken = False
+        self._process = process
+        self._reader = reader
+        self._writer = writer
+        self._ids = itertools.count()
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._outgoing: list[tuple[int, Any]] = []
+        self._answers = loop.create_task(self._read_answers(), name="leadline-writer-answers")
+
+    @classmethod
+    async def start(
+        cls,
+        loop: asyncio.AbstractEventLoop,
+        database_url: str,
+        write: WriteBatch[Any, Any],
+        *,
+        name: str,
+        max_batch: int,
+        size: Callable[[Any], int],
+    ) -> _Link:
+        ours, theirs = socket.socketpair()
+        process = _context().Process(
+            target=_write_forever,
+            args=(theirs, database_url, write, name, max_batch, size),
+            name=f"leadline-{name}-writer",
+            daemon=True,
+        )
+        await asyncio.to_thread(process.start)
+        theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=2**24)
+        return cls(loop, process, reader, writer)
+
+    async def submit(self, item: Any) -> Any:
+        if self.broken:
+            raise WriterFailed("the writer process has stopped")
+        request_id = next(self._ids)
+        done = self.loop.create_future()
+        self._waiting[request_id] = done
+        if not self._outgoing:
+            # Every request submitted in this turn of the event loop goes out in one frame.
+            self.loop.call_soon(self._flush)
+        self._outgoing.append((request_id, item))
+        return await done
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if not outgoing or self.broken:
+            return
+        try:
+            frame = pickle.dumps(outgoing, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            # Only what cannot be pickled fails; each request is tried alone to find it.
+            if len(outgoing) > 1:
+                for one in outgoing:
+                    self._outgoing = [one]
+                    self._flush()
+                return
+            log.exception("writer_request_not_picklable", writer=self._process.name)
+            self._fail(outgoing[0][0], WriterFailed("the request could not be handed to the writer"))
+            return
+        self._writer.write(_LENGTH.pack(len(frame)) + frame)
+
+    async def _read_answers(self) -> None:
         try:
             while True:
-                first = self._requests.get()
-                if first is None:
-                    return
-                batch = [first]
-                size = self._size(first.item)
-                stop = False
-                while size < self._max_batch:
-                    try:
-                        pending = self._requests.get_nowait()
-                    except queue.Empty:
-                        break
-                    if pending is None:
-                        stop = True
-                        break
-                    batch.append(pending)
-                    size += self._size(pending.item)
-                loop.run_until_complete(self._commit(db, batch))
-                if stop:
-                    return
+                header = await self._reader.readexactly(_LENGTH.size)
+                answers, counts = pickle.loads(await self._reader.readexactly(_LENGTH.unpack(header)[0]))
+                metrics.add_counts(counts)
+                for request_id, failed, value in answers:
+                    done = self._waiting.pop(request_id, None)
+                    # The request may have gone away (client disconnected): it is committed regardless.
+                    if done is None or done.done():
+                        continue
+                    if failed:
+                        done.set_exception(value)
+                    else:
+                        done.set_result(value)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
         finally:
-            if isinstance(db, DirectSQLite):
-                db.close()
-            else:
-                loop.run_until_complete(db.close())
-            loop.close()
+            self.broken = True
+            for request_id in list(self._waiting):
+                self._fail(request_id, WriterFailed("the writer process stopped before answering"))
 
-    async def _store(self, db: Database | DirectSQLite, items: list[T]) -> Sequence[R]:
-        if isinstance(db, DirectSQLite):
-            with db.transaction() as conn:
-                return await self._write(conn, items)
-        async with db.transaction() as conn:
-            return await self._write(conn, items)
+    def _fail(self, request_id: int, error: Exception) -> None:
+        done = self._waiting.pop(request_id, None)
+        if done is not None and not done.done():
+            done.set_exception(error)
 
-    async def _commit(self, db: Database | DirectSQLite, batch: list[_Pending[T, R]]) -> None:
-        try:
-            results = await self._store(db, [pending.item for pending in batch])
-        except Exception as exc:
-            if len(batch) == 1:
-                log.exception(f"{self._name}_commit_failed")
-                with _request_gone:
-                    batch[0].done.set_exception(exc)
+    async def close(self) -> None:
+        """Let the writer finish what it was given, then stop it."""
+        self._flush()
+        self.broken = True
+        with contextlib.suppress(ConnectionError, OSError):
+            self._writer.write_eof()
+            await self._writer.drain()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._answers
+        self._writer.close()
+        await asyncio.to_thread(self._process.join, 30)
+        if self._process.is_alive():
+            self._process.kill()
+
+    def abandon(self) -> None:
+        """Stop a writer whose event loop has gone (its answers can no longer be delivered)."""
+        self.broken = True
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self._process.join(30)
+
+
+def _context() -> multiprocessing.context.ForkServerContext:
+    # A fork server: each writer starts as a fork of a clean process that has already imported the
+    # pipeline, in milliseconds, and never as a fork of a server with threads and an event loop running.
+    # The main module is imported there once (multiprocessing would otherwise import it in every writer,
+    # which for a test run is all of pytest): like every multiprocessing user, a script starting leadline
+    # keeps its own work under ``if __name__ == "__main__":``.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(
+        ["__main__", "leadline.store.writer", "leadline.pipeline.ingest", "leadline.pipeline.outbox"]
+    )
+    return context
+
+
+# --------------------------------------------------------------------------------------------
+# The writer process
+
+
+def _write_forever(
+    link: socket.socket,
+    database_url: str,
+    write: WriteBatch[Any, Any],
+    name: str,
+    max_batch: int,
+    size: Callable[[Any], int],
+) -> None:
+    from leadline.logging import configure_logging
+
+    configure_logging(os.environ.get("LEADLINE_LOG_LEVEL", "info"))
+    loop = asyncio.new_event_loop()
+    db: Database | DirectSQLite = (
+        DirectSQLite(database_url) if make_url(database_url).get_backend_name() == "sqlite" else Database(database_url)
+    )
+    frames = _Frames(link)
+    counted = metrics.counter_values()
+    try:
+        while True:
+            batch = frames.next_batch(max_batch, size)
+            if batch is None:
                 return
-            for pending in batch:
-                await self._commit(db, [pending])
-            return
-        for pending, result in zip(batch, results, strict=True):
-            with _request_gone:
-                pending.done.set_result(result)
+            answers = loop.run_until_complete(_commit(db, write, name, batch))
+            # What the work counted (routing decisions, circuits closing...) is shown by the server's /metrics.
+            counted, counts = metrics.counted_since(counted)
+            frame = pickle.dumps((answers, counts), protocol=pickle.HIGHEST_PROTOCOL)
+            link.sendall(_LENGTH.pack(len(frame)) + frame)
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the server has gone: nobody is waiting for answers
+    finally:
+        if isinstance(db, DirectSQLite):
+            db.close()
+        else:
+            loop.run_until_complete(db.close())
+        loop.close()
+        link.close()
 
 
-# The request may have gone away (client disconnected): what it asked for is committed regardless.
-_request_gone = contextlib.suppress(concurrent.futures.InvalidStateError)
+class _Frames:
+    """Requests as they arrive: a batch is every request waiting, up to ``max_batch``."""
+
+    def __init__(self, link: socket.socket):
+        self._link = link
+        self._buffer = bytearray()
+        self._pending: list[tuple[int, Any]] = []
+
+    def next_batch(self, max_batch: int, size: Callable[[Any], int]) -> list[tuple[int, Any]] | None:
+        while not self._pending:
+            if not self._receive(block=True):
+                return None
+        while self._receive(block=False):
+            pass
+        batch: list[tuple[int, Any]] = []
+        total = 0
+        while self._pending and (not batch or total < max_batch):
+            request = self._pending.pop(0)
+            batch.append(request)
+            total += size(request[1])
+        return batch
+
+    def _receive(self, *, block: bool) -> bool:
+        """Read what has arrived (waiting for something if ``block``); False at the end of input."""
+        if not block and not select.select([self._link], [], [], 0)[0]:
+            return False
+        chunk = self._link.recv(1 << 20)
+        if not chunk:
+            return False
+        self._buffer += chunk
+        while len(self._buffer) >= _LENGTH.size:
+            length = _LENGTH.unpack_from(self._buffer)[0]
+            if len(self._buffer) < _LENGTH.size + length:
+                break
+            frame = bytes(self._buffer[_LENGTH.size : _LENGTH.size + length])
+            del self._buffer[: _LENGTH.size + length]
+            self._pending.extend(pickle.loads(frame))
+        return True
+
+
+async def _store(db: Database | DirectSQLite, write: WriteBatch[Any, Any], items: list[Any]) -> Sequence[Any]:
+    if isinstance(db, DirectSQLite):
+        with db.transaction() as conn:
+            return await write(conn, items)
+    async with db.transaction() as conn:
+        return await write(conn, items)
+
+
+async def _commit(
+    db: Database | DirectSQLite, write: WriteBatch[Any, Any], name: str, batch: list[tuple[int, Any]]
+) -> list[tuple[int, bool, Any]]:
+    try:
+        results = await _store(db, write, [item for _, item in batch])
+    except Exception as exc:
+        if len(batch) == 1:
+            log.exception(f"{name}_commit_failed")
+            return [(batch[0][0], True, _picklable(exc))]
+        answers = []
+        for request in batch:
+            answers.extend(await _commit(db, write, name, [request]))
+        return answers
+    return [(request_id, False, result) for (request_id, _), result in zip(batch, results, strict=True)]
+
+
+def _picklable(exc: Exception) -> Exception:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return WriterFailed(f"{type(exc).__name__}: {exc}")
+    return exc

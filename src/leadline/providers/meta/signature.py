@@ -10,8 +10,7 @@ _PREFIX = "sha256="
 
 def meta_signature(app_secret: str, body: bytes) -> str:
     """The ``X-Hub-Signature-256`` value Meta sends for ``body``, keyed with the app secret."""
-    digest = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
-    return _PREFIX + digest
+    return _PREFIX + hmac.digest(app_secret.encode(), body, hashlib.sha256).hex()
 
 
 def signature_matches(app_secret: str, body: bytes, header: str | None) -> bool:
