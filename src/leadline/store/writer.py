@@ -28,8 +28,11 @@ import multiprocessing
 import os
 import pickle
 import select
+import signal
 import socket
 import struct
+import sys
+import types
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -49,6 +52,7 @@ WriteBatch = Callable[[AsyncConnection, Sequence[T]], Awaitable[Sequence[R]]]
 """Writes a batch of requests in the given transaction; returns one result per request, in order."""
 
 _LENGTH = struct.Struct("!I")
+_STOP_SECONDS = 60
 
 
 class WriterFailed(RuntimeError):
@@ -153,7 +157,7 @@ class _Link:
             name=f"leadline-{name}-writer",
             daemon=True,
         )
-        await asyncio.to_thread(process.start)
+        _start_without_main(process)
         theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=2**24)
         return cls(loop, process, reader, writer)
@@ -222,32 +226,49 @@ class _Link:
         with contextlib.suppress(ConnectionError, OSError):
             self._writer.write_eof()
             await self._writer.drain()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._answers
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._answers), _STOP_SECONDS)
         self._writer.close()
-        await asyncio.to_thread(self._process.join, 30)
-        if self._process.is_alive():
-            self._process.kill()
+        await asyncio.to_thread(self._stop)
 
     def abandon(self) -> None:
         """Stop a writer whose event loop has gone (its answers can no longer be delivered)."""
         self.broken = True
         with contextlib.suppress(Exception):
-            self._writer.close()
-        self._process.join(30)
+            self._writer.transport.get_extra_info("socket").close()
+        self._stop()
+
+    def _stop(self) -> None:
+        self._process.join(_STOP_SECONDS)
+        if self._process.is_alive():
+            log.error("writer_did_not_stop", writer=self._process.name)
+            self._process.kill()
+            self._process.join()
 
 
 def _context() -> multiprocessing.context.ForkServerContext:
     # A fork server: each writer starts as a fork of a clean process that has already imported the
     # pipeline, in milliseconds, and never as a fork of a server with threads and an event loop running.
-    # The main module is imported there once (multiprocessing would otherwise import it in every writer,
-    # which for a test run is all of pytest): like every multiprocessing user, a script starting leadline
-    # keeps its own work under ``if __name__ == "__main__":``.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(
-        ["__main__", "leadline.store.writer", "leadline.pipeline.ingest", "leadline.pipeline.outbox"]
-    )
+    context.set_forkserver_preload(["leadline.store.writer", "leadline.pipeline.ingest", "leadline.pipeline.outbox"])
     return context
+
+
+def _start_without_main(process: multiprocessing.process.BaseProcess) -> None:
+    """Start ``process`` without multiprocessing running the server's main script in it.
+
+    multiprocessing re-runs the parent's ``__main__`` in every child it starts this way (so that objects
+    defined there unpickle); a writer needs nothing from it, and it cost up to 150 ms per writer (all of
+    pytest in a test run) and would run an unguarded script's own work again. The writer's target and
+    arguments live in leadline's modules. Runs on the event loop's thread, the only one that starts
+    writers, so nothing else sees the swap.
+    """
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        process.start()
+    finally:
+        sys.modules["__main__"] = main
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,6 +285,10 @@ def _write_forever(
 ) -> None:
     from leadline.logging import configure_logging
 
+    # Stopped by its server, not by the signals of a terminal or a service manager sent to the whole
+    # group: it finishes the batch in hand and exits when the server closes the link (or dies).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(os.environ.get("LEADLINE_LOG_LEVEL", "info"))
     loop = asyncio.new_event_loop()
     db: Database | DirectSQLite = (
