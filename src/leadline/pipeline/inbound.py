@@ -316,6 +316,22 @@ async def record_statuses(
             outcome.statuses_applied += 1
 
 
+async def statuses_recorded_for(conn: AsyncConnection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (provider, provider message id) pairs have status reports on record."""
+    if not keys:
+        return set()
+    rows = await conn.execute(
+        select(message_statuses.c.provider, message_statuses.c.provider_message_id)
+        .where(
+            message_statuses.c.provider.in_(sorted({provider for provider, _ in keys})),
+            message_statuses.c.provider_message_id.in_(sorted({pmid for _, pmid in keys})),
+        )
+        .distinct()
+    )
+    wanted = set(keys)
+    return {(provider, pmid) for provider, pmid in rows if (provider, pmid) in wanted}
+
+
 async def apply_recorded_statuses(
     conn: AsyncConnection, provider: str, provider_message_id: str, now: datetime
 ) -> bool:

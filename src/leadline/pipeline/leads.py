@@ -67,6 +67,12 @@ async def _lead_ids_by_identity(conn: AsyncConnection, keys: set[Identity]) -> d
     return {(kind, value): lead_id for kind, value, lead_id in rows if (kind, value) in keys}
 
 
+async def known_lead_id(conn: AsyncConnection, contact: Contact) -> str | None:
+    """The lead the contact is already known as, if any (a read: nothing is created)."""
+    known = await _lead_ids_by_identity(conn, set(contact.identities))
+    return next((known[key] for key in contact.identities if key in known), None)
+
+
 async def upsert_contacts(
     conn: AsyncConnection, contacts: Sequence[Contact], now: datetime
 ) -> tuple[dict[str, str], set[str]]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadline.config import ChannelConfig, LeadlineConfig
@@ -30,8 +30,8 @@ from leadline.domain.routing import ChannelState, NoRoute, RoutingDecision, deci
 from leadline.domain.timeline import TimelineKind
 from leadline.domain.window import window_is_open
 from leadline.metrics import ROUTING_DECISIONS
-from leadline.pipeline.inbound import apply_recorded_statuses
-from leadline.pipeline.leads import Contact, identities_of, upsert_contacts
+from leadline.pipeline.inbound import apply_recorded_statuses, statuses_recorded_for
+from leadline.pipeline.leads import Contact, identities_of, known_lead_id, upsert_contacts
 from leadline.pipeline.ratelimit import TokenBucket
 from leadline.pipeline.worker import JobRun, PermanentFailure, RetryLater
 from leadline.providers.base import ErrorClass, MessagingProvider, ProviderError, TemplateSend
@@ -191,7 +191,9 @@ async def accept_outbound(
 ) -> Accepted:
     """Validate, route, check the window, and write message + timeline + send job in ``conn``'s transaction.
 
-    ``shared``: the routing facts common to every lead, when read earlier in ``conn``'s transaction.
+    Every refusal is decided before the first write (a new customer's lead is created last), so a refused
+    request has stored nothing, without a SAVEPOINT around it. ``shared``: the routing facts common to
+    every lead, when read earlier in ``conn``'s transaction.
     """
     try:
         to = to_e164(request.to)
@@ -203,9 +205,9 @@ async def accept_outbound(
         if existing is not None:
             return existing
 
-    lead_by_key, _ = await upsert_contacts(conn, [Contact("to", identities_of("", to), to)], now)
-    lead_id = lead_by_key["to"]
-    facts = await routing_facts(conn, config, lead_id, now, shared)
+    contact = Contact("to", identities_of("", to), to)
+    known_lead = await known_lead_id(conn, contact)
+    facts = await routing_facts(conn, config, known_lead, now, shared)
     approved = None
     if isinstance(request.body, TemplateBody):
         from leadline.templates.service import channels_with_approved
@@ -248,6 +250,8 @@ async def accept_outbound(
         request_sha256=fingerprint,
         routing={"channel": decision.channel, "reason": decision.reason, "passed_over": list(decision.passed_over)},
     )
+    # Accepted: from here on, the request is written.
+    lead_id = known_lead or (await upsert_contacts(conn, [contact], now))[0]["to"]
 
     message_id = new_id("msg")
     row = {
@@ -349,36 +353,66 @@ async def mark_accepted(
     conn: AsyncConnection, message_id: str, provider: str, provider_message_id: str, now: datetime
 ) -> None:
     """The provider took the message: keep its id, then apply any status report that came first."""
-    result = await conn.execute(
-        update(messages)
-        .where(messages.c.id == message_id, messages.c.provider_message_id.is_(None))
-        .values(
-            provider_message_id=provider_message_id,
-            status=DeliveryStatus.ACCEPTED.value,
-            status_rank=DeliveryStatus.ACCEPTED.rank,
-        )
-        .returning(messages.c.lead_id, messages.c.channel)
+    await mark_all_accepted(conn, [Acceptance(message_id, provider, provider_message_id, now)])
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    message_id: str
+    provider: str
+    provider_message_id: str
+    at: datetime
+
+
+_ACCEPT = (
+    update(messages)
+    .where(messages.c.id == bindparam("message_id"), messages.c.provider_message_id.is_(None))
+    .values(
+        provider_message_id=bindparam("provider_message_id"),
+        status=DeliveryStatus.ACCEPTED.value,
+        status_rank=DeliveryStatus.ACCEPTED.rank,
     )
-    row = result.first()
-    if row is None:
+)
+
+
+async def mark_all_accepted(conn: AsyncConnection, accepted: Sequence[Acceptance]) -> None:
+    """:func:`mark_accepted` for many messages, in a handful of statements whatever their number."""
+    if not accepted:
         return
+    await conn.execute(
+        _ACCEPT, [{"message_id": a.message_id, "provider_message_id": a.provider_message_id} for a in accepted]
+    )
+    # The rows that now carry this send's id: a message that already had one (an earlier send of a
+    # retried job was answered first) keeps it and is not marked again.
+    rows = await conn.execute(
+        select(messages.c.id, messages.c.lead_id, messages.c.channel, messages.c.provider_message_id).where(
+            messages.c.id.in_([a.message_id for a in accepted])
+        )
+    )
+    by_id = {a.message_id: a for a in accepted}
+    marked = [(by_id[row.id], row) for row in rows if row.provider_message_id == by_id[row.id].provider_message_id]
+    marked.sort(key=lambda pair: pair[0].message_id)
     await record_timeline(
         conn,
         [
             {
                 "lead_id": row.lead_id,
                 "kind": TimelineKind.STATUS.value,
-                "message_id": message_id,
+                "message_id": a.message_id,
                 "channel": row.channel,
                 "summary": DeliveryStatus.ACCEPTED.value,
-                "data": {"status": DeliveryStatus.ACCEPTED.value, "provider_message_id": provider_message_id},
-                "occurred_at": now,
-                "dedupe_key": f"status:{provider}:{provider_message_id}:accepted",
+                "data": {"status": DeliveryStatus.ACCEPTED.value, "provider_message_id": a.provider_message_id},
+                "occurred_at": a.at,
+                "dedupe_key": f"status:{a.provider}:{a.provider_message_id}:accepted",
             }
+            for a, row in marked
         ],
-        now=now,
+        now=max(a.at for a in accepted),
     )
-    await apply_recorded_statuses(conn, provider, provider_message_id, now)
+    reported_first = await statuses_recorded_for(conn, [(a.provider, a.provider_message_id) for a, _ in marked])
+    for a, _ in marked:
+        if (a.provider, a.provider_message_id) in reported_first:
+            await apply_recorded_statuses(conn, a.provider, a.provider_message_id, a.at)
 
 
 async def mark_failed(conn: AsyncConnection, message_id: str, code: str, title: str, now: datetime) -> None:
@@ -546,36 +580,32 @@ class _Sent:
 async def _commit_sent(conn: AsyncConnection, sent: Sequence[_Sent]) -> list[RetryLater | None]:
     """Commit the answers of every accepted send waiting, each with its job's completion.
 
-    Each send is in a SAVEPOINT: one whose lease was lost (another worker owns its job now) rolls back
-    alone, and its handler raises as it did with a transaction of its own. A channel whose circuit is
-    closed gets one success write for the whole batch (resetting the failure count); an open one is
-    handled per send, as only a send that began after the latest failure may close it.
+    A send whose lease was lost (another worker owns its job now) commits nothing, and its handler
+    raises as it did with a transaction of its own; the others commit together, in a handful of
+    statements. A channel whose circuit is closed gets one success write for the whole batch (resetting
+    the failure count); an open one is handled per send, as only a send that began after the latest
+    failure may close it.
     """
+    owned = await job_store.still_owned(conn, [s.job for s in sent])
+    kept = [s for s in sent if s.job.id in owned]
     closed = set()
-    for channel in sorted({s.channel for s in sent}):
+    for channel in sorted({s.channel for s in kept}):
         circuit = await get_circuit(conn, channel)
         if circuit is None or not circuit.is_open:
             closed.add(channel)
-            on_channel = [s for s in sent if s.channel == channel]
+            on_channel = [s for s in kept if s.channel == channel]
             # The earliest start stands for the batch: should another process open the circuit after the
             # read above (PostgreSQL), a send in flight when it opened still cannot close it.
             now, began = max(s.now for s in on_channel), min(s.began for s in on_channel)
             if await record_channel_success(conn, channel, now, sent_since=began):
                 await release_held(conn, now=now, channel=channel)
-    results: list[RetryLater | None] = []
-    for s in sent:
-        try:
-            async with conn.begin_nested():
-                await mark_accepted(conn, s.message_id, s.provider, s.provider_message_id, s.now)
-                if s.channel not in closed and await record_channel_success(conn, s.channel, s.now, sent_since=s.began):
-                    await release_held(conn, now=s.now, channel=s.channel)
-                if not await job_store.finish(conn, s.job, now=s.now):
-                    raise RetryLater("lease lost: another worker owns this job now")
-        except RetryLater as lost:
-            results.append(lost)
-        else:
-            results.append(None)
-    return results
+    await mark_all_accepted(conn, [Acceptance(s.message_id, s.provider, s.provider_message_id, s.now) for s in kept])
+    for s in kept:
+        if s.channel not in closed and await record_channel_success(conn, s.channel, s.now, sent_since=s.began):
+            await release_held(conn, now=s.now, channel=s.channel)
+    if kept:
+        await job_store.finish_all(conn, [s.job for s in kept], now=max(s.now for s in kept))
+    return [None if s.job.id in owned else RetryLater("lease lost: another worker owns this job now") for s in sent]
 
 
 class SendJobs:

@@ -1,9 +1,10 @@
 """Group commit for ``POST /v1/messages``: every send waiting is accepted into the outbox in one transaction.
 
-Each request runs :func:`accept_outbound` in a SAVEPOINT of the shared transaction, so a refused one
-(``needs_template``, ``invalid_phone``, ``idempotency_key_reused``...) rolls back alone and nothing of it
-is stored, while the others commit together. A request is answered only once its message, timeline entry
-and send job are committed: the outbox guarantee is unchanged, only the commits are shared.
+Each request runs :func:`accept_outbound` in the shared transaction, which decides every refusal
+(``needs_template``, ``invalid_phone``, ``idempotency_key_reused``...) before its first write, so nothing
+of a refused one is stored, while the others commit together. A request is answered only once its
+message, timeline entry and send job are committed: the outbox guarantee is unchanged, only the commits
+are shared.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Outbox:
 
 @dataclass(frozen=True, slots=True)
 class AcceptInOutbox:
-    """The writer's work: each request accepted in a SAVEPOINT of the shared transaction."""
+    """The writer's work: each request accepted (or refused, having written nothing) in the shared transaction."""
 
     config: LeadlineConfig
 
@@ -51,8 +52,7 @@ class AcceptInOutbox:
         shared = await shared_facts(conn, self.config)
         for request, now in requests:
             try:
-                async with conn.begin_nested():
-                    results.append(await accept_outbound(conn, self.config, request, now, shared=shared))
-            except OutboundRefused as refused:  # its savepoint is rolled back: nothing of it stored
+                results.append(await accept_outbound(conn, self.config, request, now, shared=shared))
+            except OutboundRefused as refused:  # decided before any write: nothing of it stored
                 results.append(refused)
         return results

@@ -74,7 +74,9 @@ _ACTIVITY = (
 )
 
 
-async def lead_threads(conn: AsyncConnection, lead_id: str) -> LeadThreads:
+async def lead_threads(conn: AsyncConnection, lead_id: str | None) -> LeadThreads:
+    if lead_id is None:  # a customer not seen yet has no threads
+        return LeadThreads()
     windows = await conn.execute(_WINDOWS, {"lead_id": lead_id})
     activity = await conn.execute(_ACTIVITY, {"lead_id": lead_id})
     return LeadThreads(
@@ -100,9 +102,14 @@ async def shared_facts(conn: AsyncConnection, config: LeadlineConfig) -> SharedF
 
 
 async def routing_facts(
-    conn: AsyncConnection, config: LeadlineConfig, lead_id: str, now: datetime, shared: SharedFacts | None = None
+    conn: AsyncConnection,
+    config: LeadlineConfig,
+    lead_id: str | None,
+    now: datetime,
+    shared: SharedFacts | None = None,
 ) -> RoutingFacts:
-    """``shared``: read earlier in ``conn``'s transaction (see :class:`SharedFacts`); read here when None."""
+    """``lead_id``: None for a customer not seen yet. ``shared``: read earlier in ``conn``'s transaction
+    (see :class:`SharedFacts`); read here when None."""
     if shared is None:
         shared = await shared_facts(conn, config)
     return RoutingFacts(

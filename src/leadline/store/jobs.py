@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadline.store.db import insert_ignoring_duplicates
@@ -154,6 +154,33 @@ async def finish(conn: AsyncConnection, job: Job, *, now: datetime) -> bool:
         .values(state=JobState.DONE.value, finished_at=now, locked_until=None, last_error=None)
     )
     return result.rowcount == 1
+
+
+async def still_owned(conn: AsyncConnection, owned: Sequence[Job]) -> set[int]:
+    """The ids of these jobs whose lease their claimer still holds, locked for the rest of the transaction
+    (on PostgreSQL; SQLite's write lock does the same), so :func:`finish_all` cannot lose them meanwhile."""
+    if not owned:
+        return set()
+    rows = await conn.execute(
+        select(jobs.c.id, jobs.c.locked_by)
+        .where(jobs.c.id.in_([job.id for job in owned]), jobs.c.state == JobState.RUNNING.value)
+        .with_for_update()
+    )
+    holders = {job.id: job.locked_by for job in owned}
+    return {job_id for job_id, locked_by in rows if holders[job_id] == locked_by}
+
+
+_FINISH = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("job_id"))
+    .values(state=JobState.DONE.value, finished_at=bindparam("now"), locked_until=None, last_error=None)
+)
+
+
+async def finish_all(conn: AsyncConnection, owned: Sequence[Job], *, now: datetime) -> None:
+    """Mark jobs done in one statement; only for jobs :func:`still_owned` found owned in this transaction."""
+    if owned:
+        await conn.execute(_FINISH, [{"job_id": job.id, "now": now} for job in owned])
 
 
 async def release_for_retry(conn: AsyncConnection, job: Job, *, error: str, run_after: datetime) -> None:
