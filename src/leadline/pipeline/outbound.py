@@ -188,12 +188,14 @@ async def accept_outbound(
     now: datetime,
     *,
     shared: SharedFacts | None = None,
+    subscribers: Sequence[str] | None = None,
 ) -> Accepted:
     """Validate, route, check the window, and write message + timeline + send job in ``conn``'s transaction.
 
     Every refusal is decided before the first write (a new customer's lead is created last), so a refused
-    request has stored nothing, without a SAVEPOINT around it. ``shared``: the routing facts common to
-    every lead, when read earlier in ``conn``'s transaction.
+    request has stored nothing, without a SAVEPOINT around it. ``shared`` and ``subscribers``: the
+    routing facts common to every lead and the CRM subscribers, when read earlier in ``conn``'s
+    transaction.
     """
     try:
         to = to_e164(request.to)
@@ -297,6 +299,7 @@ async def accept_outbound(
             }
         ],
         now=now,
+        subscribers=subscribers,
     )
     await job_store.enqueue(
         conn,

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from leadline.config import LeadlineConfig
 from leadline.pipeline.outbound import Accepted, OutboundRefused, OutboundRequest, accept_outbound
 from leadline.routing.facts import shared_facts
+from leadline.store.timeline import callback_subscribers
 from leadline.store.writer import BatchWriter
 
 
@@ -48,11 +49,14 @@ class AcceptInOutbox:
         self, conn: AsyncConnection, requests: Sequence[tuple[OutboundRequest, datetime]]
     ) -> list[Accepted | OutboundRefused]:
         results: list[Accepted | OutboundRefused] = []
-        # Flags and circuits are read once: no acceptance changes them, and the transaction is shared.
+        # Flags, circuits and subscribers are read once: no acceptance changes them, and the transaction is shared.
         shared = await shared_facts(conn, self.config)
+        subscribers = await callback_subscribers(conn)
         for request, now in requests:
             try:
-                results.append(await accept_outbound(conn, self.config, request, now, shared=shared))
+                results.append(
+                    await accept_outbound(conn, self.config, request, now, shared=shared, subscribers=subscribers)
+                )
             except OutboundRefused as refused:  # decided before any write: nothing of it stored
                 results.append(refused)
         return results

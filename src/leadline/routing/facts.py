@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadline.config import LeadlineConfig
@@ -63,26 +63,25 @@ def _channel_states(config: LeadlineConfig, rows: Mapping[str, Any], now: dateti
     return states
 
 
-# Built once: every outbound message runs both, and building a statement costs more than running it.
-_WINDOWS = select(conversation_windows.c.channel, conversation_windows.c.last_inbound_at).where(
-    conversation_windows.c.lead_id == bindparam("lead_id")
-)
-_ACTIVITY = (
-    select(messages.c.channel, func.max(messages.c.created_at))
+# Built once (building a statement costs more than running it), and one round trip for both: the
+# customer's last message per channel (the window) and the lead's last message in either direction.
+_THREADS = union_all(
+    select(
+        literal("window").label("fact"), conversation_windows.c.channel, conversation_windows.c.last_inbound_at
+    ).where(conversation_windows.c.lead_id == bindparam("lead_id")),
+    select(literal("activity").label("fact"), messages.c.channel, func.max(messages.c.created_at))
     .where(messages.c.lead_id == bindparam("lead_id"))
-    .group_by(messages.c.channel)
+    .group_by(messages.c.channel),
 )
 
 
 async def lead_threads(conn: AsyncConnection, lead_id: str | None) -> LeadThreads:
     if lead_id is None:  # a customer not seen yet has no threads
         return LeadThreads()
-    windows = await conn.execute(_WINDOWS, {"lead_id": lead_id})
-    activity = await conn.execute(_ACTIVITY, {"lead_id": lead_id})
-    return LeadThreads(
-        last_inbound={channel: at for channel, at in windows},
-        last_activity={channel: at for channel, at in activity},
-    )
+    facts: dict[str, dict[str, datetime]] = {"window": {}, "activity": {}}
+    for fact, channel, at in await conn.execute(_THREADS, {"lead_id": lead_id}):
+        facts[fact][channel] = at
+    return LeadThreads(last_inbound=facts["window"], last_activity=facts["activity"])
 
 
 @dataclass(frozen=True, slots=True)

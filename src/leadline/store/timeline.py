@@ -17,11 +17,18 @@ CALLBACK_JOB = "crm_callback"
 _ALL_EVENT_SUBSCRIBERS = select(crm_subscribers.c.name).where(crm_subscribers.c.all_events)
 
 
-async def record_timeline(conn: AsyncConnection, rows: Sequence[dict[str, Any]], *, now: datetime) -> set[str]:
+async def record_timeline(
+    conn: AsyncConnection,
+    rows: Sequence[dict[str, Any]],
+    *,
+    now: datetime,
+    subscribers: Sequence[str] | None = None,
+) -> set[str]:
     """Add events (each unique by ``dedupe_key``); returns the keys that were new.
 
     Each new event is queued for every CRM subscriber in the same transaction, ordered per subscriber and
     lead, so callbacks are at least once and in order without a separate scan of the timeline.
+    ``subscribers``: as :func:`callback_subscribers` read them earlier in this transaction, if it did.
     """
     new_keys = set(
         await insert_ignoring_duplicates(
@@ -30,7 +37,8 @@ async def record_timeline(conn: AsyncConnection, rows: Sequence[dict[str, Any]],
     )
     if not new_keys:
         return new_keys
-    subscribers = list((await conn.execute(_ALL_EVENT_SUBSCRIBERS)).scalars())
+    if subscribers is None:
+        subscribers = await callback_subscribers(conn)
     if subscribers:
         await job_store.enqueue(
             conn,
@@ -42,6 +50,11 @@ async def record_timeline(conn: AsyncConnection, rows: Sequence[dict[str, Any]],
             ],
         )
     return new_keys
+
+
+async def callback_subscribers(conn: AsyncConnection) -> list[str]:
+    """The CRM subscribers that receive every timeline event."""
+    return list((await conn.execute(_ALL_EVENT_SUBSCRIBERS)).scalars())
 
 
 def callback_job(subscriber: str, lead_id: str, event_key: str, now: datetime) -> dict[str, Any]:
