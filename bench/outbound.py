@@ -183,9 +183,9 @@ def accepted(db_path: Path) -> int:
     return int(row[0])
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time used so far by these processes and their descendants (leadline's writer
-    processes), from Linux /proc: robust on a shared machine."""
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU time used so far by each named process, and by its descendants (leadline's writer
+    processes) under the name + " writers", from Linux /proc: robust on a shared machine."""
     stats = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -193,17 +193,22 @@ def cpu_seconds(pids: list[int]) -> float:
         except OSError:
             continue  # exited meanwhile
         stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime+stime
-    ours = set(pids)
-    while grown := {pid for pid, (ppid, _) in stats.items() if ppid in ours} - ours:
-        ours |= grown
-    return sum(stats[pid][1] for pid in ours if pid in stats) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for name, pid in pids.items():
+        family = {pid}
+        while grown := {child for child, (ppid, _) in stats.items() if ppid in family} - family:
+            family |= grown
+        seconds[name] = stats[pid][1] / tick if pid in stats else 0.0
+        seconds[f"{name} writers"] = sum(stats[p][1] for p in family - {pid} if p in stats) / tick
+    return seconds
 
 
 async def end_to_end(
-    url: str, db_path: Path, messages: int, concurrency: int, pids: list[int]
-) -> tuple[float, float, float]:
+    url: str, db_path: Path, messages: int, concurrency: int, pids: dict[str, int]
+) -> tuple[float, float, dict[str, float]]:
     """(sends accepted by the API per second, messages accepted by the provider per second, leadline's CPU
-    milliseconds per message, over all its processes)."""
+    milliseconds per message, per process and writers)."""
     headers = {"Authorization": f"Bearer {API_KEY}"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         await wait_until_up(session, url)
@@ -228,7 +233,8 @@ async def end_to_end(
         else:
             raise RuntimeError("the messages were not all accepted")
         total = time.perf_counter() - started
-        cpu_ms = (cpu_seconds(pids) - cpu_before) * 1000 / messages
+        cpu_after = cpu_seconds(pids)
+        cpu_ms = {name: (cpu_after[name] - cpu_before[name]) * 1000 / messages for name in cpu_after}
     return messages / posting, messages / total, cpu_ms
 
 
@@ -275,7 +281,7 @@ async def main(args: argparse.Namespace) -> None:
                 directory / "leadline.db",
                 args.messages,
                 args.concurrency,
-                [p.pid for p in processes],
+                {("serve" if index == 0 else f"worker {index}"): p.pid for index, p in enumerate(processes)},
             )
         except BaseException:
             log.flush()
@@ -305,7 +311,9 @@ async def main(args: argparse.Namespace) -> None:
     print(f"{'POST /v1/messages answered 202':<44}{api_rate:>12,.0f}")
     print(f"{'end to end: accepted by the provider':<44}{e2e_rate:>12,.0f}")
     print(f"{'end to end / stub ceiling':<44}{e2e_rate / ceiling:>12.2f}")
-    print(f"{'leadline CPU ms per message (all processes)':<44}{cpu_ms:>12.2f}")
+    print(f"{'leadline CPU ms per message (all processes)':<44}{sum(cpu_ms.values()):>12.2f}")
+    for name, ms in cpu_ms.items():
+        print(f"{'  ' + name:<44}{ms:>12.2f}")
 
 
 if __name__ == "__main__":

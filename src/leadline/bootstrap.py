@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 from leadline.config import LeadlineConfig
 from leadline.media.fetch import MediaJobs
 from leadline.media.records import FETCH_MEDIA_JOB
-from leadline.media.storage import LocalMediaStorage, MediaStorage
+from leadline.media.storage import LocalMediaStorage, MediaStorage, S3MediaStorage
 from leadline.pipeline.callbacks import CallbackJobs, sync_subscribers
 from leadline.pipeline.handlers import run_handler_job
 from leadline.pipeline.inbound import HANDLER_JOB, NOTICE_JOB
@@ -24,6 +25,7 @@ from leadline.providers.registry import get_plugin
 from leadline.routing.failover import PROBE_JOB, probe_job_handler
 from leadline.store.db import Database
 from leadline.store.timeline import CALLBACK_JOB
+from leadline.store.writer import start_fork_server
 from leadline.templates.sync import (
     TEMPLATE_STATUS_TOPIC,
     TEMPLATE_SYNC_JOB,
@@ -56,6 +58,7 @@ class Services:
             await self.db.migrate()
         async with self.db.transaction() as conn:
             await sync_subscribers(conn, self.config, datetime.now(UTC))
+        await asyncio.to_thread(start_fork_server)
         # What was built until now lives as long as the process: out of the cyclic collector's sight, whose
         # full collections would otherwise walk it again and again while requests are in flight (measured:
         # about 100 µs per webhook at 64 in flight, a third of the server's work).
@@ -99,7 +102,8 @@ def build_services(config: LeadlineConfig) -> Services:
     services.job_handlers[PROBE_JOB] = probe_job_handler(config)
     services.callbacks = CallbackJobs(config, db)
     services.job_handlers[CALLBACK_JOB] = services.callbacks.deliver
-    services.media_storage = LocalMediaStorage(config.settings.media.storage_dir)
+    media = config.settings.media
+    services.media_storage = S3MediaStorage(media) if media.storage == "s3" else LocalMediaStorage(media.storage_dir)
     services.job_handlers[FETCH_MEDIA_JOB] = MediaJobs(config, db, services.clients, services.media_storage).fetch
     services.notice_handlers[TEMPLATE_STATUS_TOPIC] = template_status_notice_handler(config)
     services.job_handlers[TEMPLATE_SYNC_JOB] = template_sync_job_handler(config)

@@ -170,10 +170,32 @@ class SubscriberConfig(BaseModel):
 class MediaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    storage: Literal["local", "s3"] = "local"
+    """``local``: files under ``storage_dir``; ``s3``: objects in ``s3_bucket`` (downloads staged under
+    ``storage_dir``)."""
     storage_dir: str = "./var/media"
-    """Where inbound media fetched from providers is kept."""
+    """Where inbound media fetched from providers is kept (with ``s3``: only staged while downloading)."""
     max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     """Downloads stop at this size (WhatsApp's own limit for documents is 100 MB)."""
+    s3_bucket: str | None = Field(default=None, min_length=3, max_length=63)
+    s3_prefix: str = Field(default="", max_length=512)
+    """Put before every key, e.g. ``leadline/media/``."""
+    s3_endpoint_url: str | None = None
+    """For S3-compatible stores (MinIO, R2, Ceph...); unset for AWS S3."""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    """Both, or neither (then the usual AWS sources: environment, instance role)."""
+
+    @model_validator(mode="after")
+    def _s3_complete(self) -> MediaConfig:
+        if self.storage == "s3" and self.s3_bucket is None:
+            raise ValueError("storage = 's3' needs s3_bucket")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("give both s3_access_key_id and s3_secret_access_key, or neither")
+        if self.s3_endpoint_url is not None and not self.s3_endpoint_url.startswith(("http://", "https://")):
+            raise ValueError("s3_endpoint_url must start with http:// or https://")
+        return self
 
 
 class ReengagementTemplate(BaseModel):

@@ -156,3 +156,30 @@ def test_short_api_key_is_refused() -> None:
     [problem] = problems_of({"api_keys": [{"name": "crm", "key": "short"}]})
     assert problem.startswith("api_keys[0]")
     assert "16 characters" in problem
+
+
+@pytest.mark.parametrize(
+    ("media", "says"),
+    [
+        ({"storage": "s3"}, "needs s3_bucket"),
+        ({"storage": "s3", "s3_bucket": "media", "s3_access_key_id": "key"}, "both s3_access_key_id"),
+        ({"storage": "ftp"}, "media.storage"),
+    ],
+)
+def test_an_incomplete_s3_media_storage_is_named(media: dict[str, Any], says: str) -> None:
+    [problem] = problems_of({"channels": [META], "media": media})
+    assert says in problem
+
+
+def test_s3_media_storage_with_its_secrets_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_S3_SECRET", "s3-secret-value")
+    media = {
+        "storage": "s3",
+        "s3_bucket": "media",
+        "s3_access_key_id": "key",
+        "s3_secret_access_key": "env:TEST_S3_SECRET",
+    }
+    config = config_from_mapping({"channels": [META], "media": media})
+    assert config.settings.media.s3_secret_access_key is not None
+    assert config.settings.media.s3_secret_access_key.get_secret_value() == "s3-secret-value"
+    assert "s3-secret-value" not in repr(config.settings.media)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from leadline.api.errors import ApiError
@@ -165,9 +166,17 @@ _MEDIA_HEADERS = {
 }
 
 
+def _inline(filename: str | None) -> str:
+    """Content-Disposition for a file shown in place; a customer's file name, quoted so it cannot break out."""
+    if not filename:
+        return "inline"
+    quoted = quote(filename)
+    return f'inline; filename="{filename}"' if quoted == filename else f"inline; filename*=utf-8''{quoted}"
+
+
 @router.get(
     "/media/{media_id}",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     summary="The bytes of an inbound media item",
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "The file, with its content type"},
@@ -176,7 +185,7 @@ _MEDIA_HEADERS = {
         410: {"description": "The fetch failed for good (media_failed); the message says why"},
     },
 )
-async def get_media_file(media_id: str, services: ServicesDep) -> FileResponse:
+async def get_media_file(media_id: str, services: ServicesDep) -> StreamingResponse:
     async with services.db.read() as conn:
         media = await get_media(conn, media_id)
     if media is None:
@@ -185,13 +194,15 @@ async def get_media_file(media_id: str, services: ServicesDep) -> FileResponse:
         raise ApiError(409, "media_not_ready", f"media {media_id} has not been fetched from the provider yet")
     if media["state"] == MediaState.FAILED.value:
         raise ApiError(410, "media_failed", media["error"] or "the media could not be fetched")
-    path = services.media_storage.open(media["storage_key"]) if services.media_storage else None
-    if path is None:
+    chunks = await services.media_storage.open(media["storage_key"]) if services.media_storage else None
+    if chunks is None:
         raise ApiError(410, "media_missing", f"media {media_id} was stored but its file is gone")
-    return FileResponse(
-        path,
+    return StreamingResponse(
+        chunks,
         media_type=media["mime_type"] or "application/octet-stream",
-        filename=media["filename"],
-        content_disposition_type="inline",
-        headers=_MEDIA_HEADERS,
+        headers={
+            **_MEDIA_HEADERS,
+            "Content-Length": str(media["size"]),
+            "Content-Disposition": _inline(media["filename"]),
+        },
     )

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import pickle
 import select
@@ -244,6 +245,13 @@ class _Link:
             log.error("writer_did_not_stop", writer=self._process.name)
             self._process.kill()
             self._process.join()
+
+
+def start_fork_server() -> None:
+    """Boot the fork server that writers start from (it imports the pipeline: most of a second), so that
+    the first request that needs a writer does not wait for it."""
+    _context()
+    multiprocessing.forkserver.ensure_running()
 
 
 def _context() -> multiprocessing.context.ForkServerContext:
