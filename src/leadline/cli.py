@@ -214,7 +214,7 @@ def leads(
         # Stored text is data, not Rich markup: "[image] ..." must print as it is.
         table.add_row(
             lead["id"],
-            lead["phone"],
+            lead["phone"] or "(withheld)",
             escape(lead["display_name"] or ""),
             escape(lead["owner"] or ""),
             escape(", ".join(lead["tags"])),

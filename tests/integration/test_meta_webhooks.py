@@ -25,6 +25,7 @@ from helpers import (
     row_counts,
     scrape,
     timeline_of,
+    v1,
 )
 from sqlalchemy import select
 
@@ -278,21 +279,27 @@ async def test_malformed_item_in_a_meta_batch_does_not_stop_the_others(app: Runn
         assert problems_after - problems_before == 3
 
 
-async def test_meta_message_from_a_username_without_a_number_is_acknowledged_and_counted(app: RunningApp) -> None:
-    """A sender with only a business-scoped user id has no number to be a lead under: counted, not stored."""
+async def test_meta_message_from_a_customer_whose_number_is_withheld_is_kept_and_found_again_by_number(
+    app: RunningApp,
+) -> None:
+    """A customer with a username writes without a number: a lead known by the user id alone; when a later
+    message shows the number with the same user id, it is the same lead, and now has the number."""
     async with httpx.AsyncClient() as client:
-        before = await scrape(
-            client, app.url, "leadline_webhook_item_problems_total", provider="meta", channel="meta-main"
-        )
+        withheld = await post_meta(client, app.url, meta_fixture("username_only_sender"))
+        assert withheld.status_code == 200
+        [lead] = (await v1(client, app.url, "/leads"))["leads"]
+        assert lead["phone"] is None
+        assert [e["summary"] for e in await timeline_of(client, app.url, lead["id"])] == ["Solo con usuario"]
 
-        response = await post_meta(client, app.url, meta_fixture("username_only_sender"))
+        shown = await post_meta(client, app.url, meta_fixture("user_id_without_wa_id"))
+        assert shown.status_code == 200
 
-        assert response.status_code == 200
-        after = await scrape(
-            client, app.url, "leadline_webhook_item_problems_total", provider="meta", channel="meta-main"
-        )
-        assert after - before == 1
-    assert (await row_counts(app.services.db))["messages"] == 0
+        again = await only_lead(client, app.url, LUCIA)
+        assert again["id"] == lead["id"]
+        assert again["phone"] == LUCIA
+        summaries = [e["summary"] for e in await timeline_of(client, app.url, lead["id"])]
+        assert sorted(summaries) == ["Hola de nuevo", "Solo con usuario"]
+    assert (await row_counts(app.services.db))["leads"] == 1
 
 
 @pytest.mark.parametrize(("fixture", "topic"), sorted(NOTICE_FIXTURES.items()))

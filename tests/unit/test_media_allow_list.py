@@ -151,11 +151,11 @@ async def test_local_storage_keeps_content_under_its_hash_and_refuses_other_keys
 
     assert key == f"sha256/2c/{digest}"
     assert not staged.exists()
-    path = storage.open(key)
-    assert path is not None and path.read_bytes() == b"hello"
-    assert storage.open("../../etc/passwd") is None
-    assert storage.open(f"sha256/2c/{digest}/../../../x") is None
-    assert storage.open("sha256/00/" + "0" * 64) is None
+    chunks = await storage.open(key)
+    assert chunks is not None and b"".join([chunk async for chunk in chunks]) == b"hello"
+    assert await storage.open("../../etc/passwd") is None
+    assert await storage.open(f"sha256/2c/{digest}/../../../x") is None
+    assert await storage.open("sha256/00/" + "0" * 64) is None
 
 
 @pytest.mark.parametrize(

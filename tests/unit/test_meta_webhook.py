@@ -703,13 +703,32 @@ def test_unknown_status_is_a_problem_not_a_crash() -> None:
     assert "deleted" in problem.reason
 
 
-def test_sender_known_only_by_user_id_is_reported_as_a_problem() -> None:
-    # InboundMessage.sender must be a phone number; username-only senders have none.
+def test_sender_whose_number_is_withheld_is_known_by_their_user_id() -> None:
+    # A customer with a username: no ``from``, the business-scoped user id instead.
     result = translate_fixture("username_only_sender.json")
+
+    assert result.problems == []
+    [message] = result.events
+    assert isinstance(message, InboundMessage)
+    assert (message.provider_message_id, message.sender, message.sender_provider_id) == (
+        "wamid.UID0002",
+        None,
+        "MX.1502576394655843",
+    )
+    assert message.text == "Solo con usuario"
+
+
+def test_message_with_neither_number_nor_user_id_is_a_problem() -> None:
+    payload = json.loads((FIXTURES / "username_only_sender.json").read_bytes())
+    value = payload["entry"][0]["changes"][0]["value"]
+    del value["messages"][0]["from_user_id"]
+    value["contacts"] = []
+
+    result = translate_fixture_body(json.dumps(payload).encode())
 
     assert result.events == []
     [problem] = result.problems
-    assert problem.item["id"] == "wamid.UID0002"
+    assert "neither from nor from_user_id" in problem.reason
 
 
 # --------------------------------------------------------------------------------------------

@@ -47,7 +47,8 @@ ServicesDep = Annotated[Services, Depends(services_of)]
 
 class Lead(BaseModel):
     id: str
-    phone: str
+    phone: str | None
+    """None while WhatsApp withholds the customer's number (a customer with a username)."""
     display_name: str | None
     owner: str | None
     tags: list[str]

@@ -112,8 +112,9 @@ class InboundMessage:
     provider: str
     channel: str
     provider_message_id: MessageId
-    sender: str
-    """The customer's number in E.164 (``+5215512345678``)."""
+    sender: str | None
+    """The customer's number in E.164 (``+5215512345678``); None when WhatsApp withholds it (a customer
+    with a username): then ``sender_provider_id`` (Meta's business-scoped user id) is who wrote."""
     business_number: str
     """The business number that received it, in E.164."""
     kind: MessageKind

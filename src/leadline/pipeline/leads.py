@@ -8,7 +8,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, or_, select
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadline.domain.ids import new_id
@@ -19,10 +19,12 @@ from leadline.store.tables import lead_identities, leads
 Identity = tuple[str, str]
 
 
-def identities_of(provider: str, phone: str, provider_user_id: str | None = None) -> list[Identity]:
-    """The keys one person is recognised by: their number's match key, and any provider user id."""
-    keys: list[Identity] = [("phone", match_key(phone))]
-    if provider_user_id and provider_user_id.lstrip("+") != phone.lstrip("+"):
+def identities_of(provider: str, phone: str | None, provider_user_id: str | None = None) -> list[Identity]:
+    """The keys one person is recognised by: their number's match key, and any provider user id.
+
+    At least one of the two is given (a customer whose number WhatsApp withholds has only a user id)."""
+    keys: list[Identity] = [] if phone is None else [("phone", match_key(phone))]
+    if provider_user_id and provider_user_id.lstrip("+") != (phone or "").lstrip("+"):
         try:
             as_phone = match_key(to_e164(provider_user_id))
         except InvalidPhoneNumber:
@@ -38,7 +40,8 @@ class Contact:
     key: str
     """The caller's name for this contact (a message id, a request number): results are keyed by it."""
     identities: list[Identity]
-    phone: str
+    phone: str | None
+    """None when the provider withholds the number: the lead is known by its user id until it shows."""
     display_name: str | None = None
 
 
@@ -65,6 +68,11 @@ async def _lead_ids_by_identity(conn: AsyncConnection, keys: set[Identity]) -> d
         _identities_query(kinds), {f"values_{i}": sorted(by_kind[kind]) for i, kind in enumerate(kinds)}
     )
     return {(kind, value): lead_id for kind, value, lead_id in rows if (kind, value) in keys}
+
+
+_FILL_PHONE = (
+    update(leads).where(leads.c.id == bindparam("lead"), leads.c.phone.is_(None)).values(phone=bindparam("shown"))
+)
 
 
 async def known_lead_id(conn: AsyncConnection, contact: Contact) -> str | None:
@@ -117,16 +125,24 @@ async def upsert_contacts(
 
     lead_by_contact: dict[str, str] = {}
     missing: dict[Identity, str] = {}
+    phone_shown: dict[str, str] = {}
     for contact in contacts:
         lead_id = next(known[key] for key in contact.identities if key in known)
         lead_by_contact[contact.key] = lead_id
         for key in contact.identities:
             if key not in known:
                 missing.setdefault(key, lead_id)
+                if key[0] == "phone" and contact.phone is not None:
+                    phone_shown.setdefault(lead_id, contact.phone)
     await insert_ignoring_duplicates(
         conn,
         lead_identities,
         [{"lead_id": lead_id, "kind": k, "value": v} for (k, v), lead_id in sorted(missing.items())],
         conflict_columns=["kind", "value"],
     )
+    if phone_shown:
+        # A lead first known by its user id alone (the number withheld) gets its number once it shows.
+        await conn.execute(
+            _FILL_PHONE, [{"lead": lead_id, "shown": phone} for lead_id, phone in sorted(phone_shown.items())]
+        )
     return lead_by_contact, created

@@ -69,7 +69,7 @@ leads = Table(
     "leads",
     metadata,
     Column("id", String(40), primary_key=True),
-    Column("phone", String(20), nullable=False),
+    Column("phone", String(20)),  # None while WhatsApp withholds the customer's number (lead_identities know them)
     Column("display_name", Text),
     Column("owner", Text),
     Column("tags", JSON, nullable=False, default=list),

@@ -397,8 +397,13 @@ class _Contacts:
         by_user_id = {c["user_id"]: c for c in usable if isinstance(c.get("user_id"), str)}
         return cls(by_wa_id, by_user_id)
 
-    def find(self, wa_id: str, user_id: str | None) -> JsonObject:
-        return self.by_wa_id.get(wa_id) or (self.by_user_id.get(user_id) if user_id else None) or {}
+    def find(self, wa_id: str | None, user_id: str | None) -> JsonObject:
+        by_wa_id = self.by_wa_id.get(wa_id) if wa_id else None
+        return by_wa_id or (self.by_user_id.get(user_id) if user_id else None) or {}
+
+    def only_user_id(self) -> str | None:
+        """The user id of the change's one contact, if it has exactly one."""
+        return next(iter(self.by_user_id)) if len(self.by_user_id) == 1 and not self.by_wa_id else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,8 +423,12 @@ class _Content:
 def _message(channel: MetaChannelConfig, message: Any, contacts: _Contacts) -> InboundMessage:
     message = _object(message, "message")
     message_id = _bounded(_required_text(message, "id"), _MAX_ID, "id")
-    wa_id = _required_text(message, "from")
-    user_id = _text(message, "from_user_id")
+    # ``from`` (the number) is absent when WhatsApp withholds it from a customer with a username: then the
+    # business-scoped user id is who wrote (``from_user_id``, or the change's one contact's ``user_id``).
+    wa_id = _text(message, "from")
+    user_id = _text(message, "from_user_id") or (contacts.only_user_id() if wa_id is None else None)
+    if wa_id is None and user_id is None:
+        raise _BadItem("message has neither from nor from_user_id")
     message_type = _required_text(message, "type")
     contact = contacts.find(wa_id, user_id)
     profile = contact.get("profile")
@@ -430,7 +439,7 @@ def _message(channel: MetaChannelConfig, message: Any, contacts: _Contacts) -> I
         provider=PROVIDER,
         channel=channel.name,
         provider_message_id=MessageId(message_id),
-        sender=_whatsapp_number(wa_id, "from"),
+        sender=None if wa_id is None else _whatsapp_number(wa_id, "from"),
         business_number=channel.business_number,
         kind=content.kind,
         timestamp=_unix_time(message.get("timestamp")),
@@ -451,15 +460,20 @@ def _message(channel: MetaChannelConfig, message: Any, contacts: _Contacts) -> I
     )
 
 
-def _sender_provider_id(contact: JsonObject, wa_id: str, user_id: str | None) -> str:
+def _sender_provider_id(contact: JsonObject, wa_id: str | None, user_id: str | None) -> str:
+    # The business-scoped user id first, wherever it is given: it stays the customer's when the number is
+    # later withheld, so the lead is found again by it.
     contact_wa_id = contact.get("wa_id")
     contact_user_id = contact.get("user_id")
-    if isinstance(contact_wa_id, str):
-        found = contact_wa_id
-    elif isinstance(contact_user_id, str):
+    if isinstance(contact_user_id, str):
         found = contact_user_id
+    elif user_id is not None:
+        found = user_id
+    elif isinstance(contact_wa_id, str):
+        found = contact_wa_id
     else:
-        found = user_id or wa_id
+        assert wa_id is not None  # _message requires one of the two
+        found = wa_id
     return _bounded(found, _MAX_USER_ID, "user id")
 
 
