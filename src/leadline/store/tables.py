@@ -27,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -121,6 +122,14 @@ messages = Table(
     UniqueConstraint("provider", "provider_message_id"),
     UniqueConstraint("idempotency_key"),
     Index("ix_messages_lead_created", "lead_id", "created_at"),
+    # Held messages are listed, counted for /metrics and released by channel: few rows, read often.
+    Index(
+        "ix_messages_held",
+        "channel",
+        "created_at",
+        sqlite_where=text("status = 'held'"),
+        postgresql_where=text("status = 'held'"),
+    ),
 )
 
 message_statuses = Table(

@@ -1,4 +1,4 @@
-"""a lead may be known by its WhatsApp user id alone, its number withheld
+"""a lead may be known by its WhatsApp user id alone, its number withheld; an index of held messages
 
 Revision ID: 0004_leads_without_number
 Revises: 0003_routing
@@ -20,8 +20,16 @@ def upgrade() -> None:
     # SQLite cannot alter a column in place: batch mode copies the table.
     with op.batch_alter_table("leads") as batch:
         batch.alter_column("phone", existing_type=sa.String(length=20), nullable=True)
+    op.create_index(
+        "ix_messages_held",
+        "messages",
+        ["channel", "created_at"],
+        sqlite_where=sa.text("status = 'held'"),
+        postgresql_where=sa.text("status = 'held'"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_messages_held", table_name="messages")
     with op.batch_alter_table("leads") as batch:
         batch.alter_column("phone", existing_type=sa.String(length=20), nullable=False)
