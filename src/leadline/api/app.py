@@ -57,9 +57,10 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # The two hot paths first (webhooks in, messages out): a request is matched against the routers in order.
     app.include_router(webhooks.router)
-    app.include_router(v1.router)
     app.include_router(messages.router)
+    app.include_router(v1.router)
     app.include_router(templates_api.router)
     app.include_router(cutover.router)
     app.include_router(routing.router)

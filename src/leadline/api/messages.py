@@ -110,9 +110,10 @@ class MessageAccepted(BaseModel):
 )
 async def send_message(
     payload: SendMessageIn,
-    services: ServicesDep,
+    http: Request,
     idempotency_key: Annotated[str | None, Header(max_length=128)] = None,
 ) -> JSONResponse:
+    services: Services = http.app.state.services  # not a dependency: this is the hot path of sending
     request = payload.request(idempotency_key)
     try:
         accepted = await services.outbox.accept(request, datetime.now(UTC))
