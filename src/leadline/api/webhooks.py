@@ -47,17 +47,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _raw_request(request: Request, services: Services, body: bytes) -> RawRequest:
+    # Read from the ASGI scope: cheaper than Starlette's URL and Headers objects, on every webhook.
+    scope = request.scope
+    path: str = scope["path"]
+    query = scope["query_string"].decode("latin-1")
     public_base = services.config.settings.public_url
-    query = request.url.query
-    if public_base is not None:
-        public_url = public_base + request.url.path + (f"?{query}" if query else "")
-    else:
-        public_url = str(request.url)
+    public_url = str(request.url) if public_base is None else public_base + path + (f"?{query}" if query else "")
     return RawRequest(
-        method=request.method,
-        path=request.url.path,
+        method=scope["method"],
+        path=path,
         query_string=query,
-        headers={k.lower(): v for k, v in request.headers.items()},
+        # Header names arrive in lower case (ASGI); the last of a repeated header wins, as before.
+        headers={name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]},
         body=body,
         public_url=public_url,
     )
