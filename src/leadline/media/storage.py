@@ -52,10 +52,7 @@ class LocalMediaStorage:
         self._staging = self.root / "staging"
 
     def staging_file(self) -> Path:
-        self._staging.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix="fetch-", suffix=".part", dir=self._staging)
-        os.close(handle)
-        return Path(name)
+        return _new_staging_file(self._staging)
 
     async def put(self, staged: Path, sha256: str) -> str:
         key = _key_of(sha256)
@@ -79,6 +76,13 @@ async def _chunks_of(file: BinaryIO) -> AsyncIterator[bytes]:
     with file:
         while chunk := await asyncio.to_thread(file.read, _CHUNK):
             yield chunk
+
+
+def _new_staging_file(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix="fetch-", suffix=".part", dir=folder)
+    os.close(handle)
+    return Path(name)
 
 
 def _key_of(sha256: str) -> str:
@@ -106,10 +110,7 @@ class S3MediaStorage:
         self._session = get_session()
 
     def staging_file(self) -> Path:
-        self._staging.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix="fetch-", suffix=".part", dir=self._staging)
-        os.close(handle)
-        return Path(name)
+        return _new_staging_file(self._staging)
 
     def _client(self) -> ClientCreatorContext:
         config = self._config
