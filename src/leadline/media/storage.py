@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -137,28 +138,25 @@ class S3MediaStorage:
     async def open(self, key: str) -> AsyncIterator[bytes] | None:
         if not _KEY.fullmatch(key):
             return None
-        context = self._client()
-        s3 = await context.__aenter__()
+        async with AsyncExitStack() as client_held:
+            s3 = await client_held.enter_async_context(self._client())
+            try:
+                found = await s3.get_object(Bucket=self._bucket, Key=self._prefix + key)
+            except ClientError as error:
+                if _not_found(error):
+                    return None
+                raise
+            # The client stays open while the object streams; the stream closes it.
+            return _object_chunks(client_held.pop_all(), found["Body"])
+
+
+async def _object_chunks(client_held: AsyncExitStack, body: Any) -> AsyncIterator[bytes]:
+    async with client_held:
         try:
-            found = await s3.get_object(Bucket=self._bucket, Key=self._prefix + key)
-        except ClientError as error:
-            await context.__aexit__(None, None, None)
-            if _not_found(error):
-                return None
-            raise
-        except BaseException:
-            await context.__aexit__(None, None, None)
-            raise
-        return _object_chunks(context, found["Body"])
-
-
-async def _object_chunks(context: ClientCreatorContext, body: Any) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in body.iter_chunks(_CHUNK):
-            yield chunk
-    finally:
-        body.close()
-        await context.__aexit__(None, None, None)
+            async for chunk in body.iter_chunks(_CHUNK):
+                yield chunk
+        finally:
+            body.close()
 
 
 async def _exists(s3: Any, bucket: str, key: str) -> bool:

@@ -352,13 +352,6 @@ async def _provider_reply_id(conn: AsyncConnection, reply_to: str | None, channe
 # Terminal and forward states
 
 
-async def mark_accepted(
-    conn: AsyncConnection, message_id: str, provider: str, provider_message_id: str, now: datetime
-) -> None:
-    """The provider took the message: keep its id, then apply any status report that came first."""
-    await mark_all_accepted(conn, [Acceptance(message_id, provider, provider_message_id, now)])
-
-
 @dataclass(frozen=True, slots=True)
 class Acceptance:
     message_id: str
@@ -379,7 +372,9 @@ _ACCEPT = (
 
 
 async def mark_all_accepted(conn: AsyncConnection, accepted: Sequence[Acceptance]) -> None:
-    """:func:`mark_accepted` for many messages, in a handful of statements whatever their number."""
+    """The provider took these messages: keep each one's id, then apply any status report that came first.
+
+    A handful of statements, whatever the number of messages."""
     if not accepted:
         return
     await conn.execute(
